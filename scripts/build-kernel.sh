@@ -1,0 +1,88 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# build-kernel.sh [patched|unpatched]: apply the series (patched only),
+# configure from ci/kernel.config.fragment and build incrementally.
+#
+# The build dir is kept: the series or the fragment changing triggers only
+# what it must (re-apply, reconfigure); make and ccache do the rest.
+# MREMAP_DUP_DEV=1 builds the patched tree as it is checked out (for
+# developing the series there; scripts/export-series.sh writes patches/).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+flavour=${1:-patched}
+tree=$(tree_for "$flavour")
+src=$tree/src
+out=$tree/out
+[ -d "$src/.git" ] || "$REPO/scripts/fetch-kernel.sh"
+
+series_hash() {
+	(cd "$REPO/patches" && cat series $(cat series)) | sha256sum | cut -d' ' -f1
+}
+
+apply_series() {
+	[ "$flavour" = patched ] || return 0
+	if [ "${MREMAP_DUP_DEV:-0}" = 1 ]; then
+		log "MREMAP_DUP_DEV=1: building $src as checked out ($(git -C "$src" rev-parse --short HEAD))"
+		return 0
+	fi
+	local want
+	want=$(series_hash)
+	if [ "$(cat "$tree/series.applied" 2>/dev/null)" = "$want" ]; then
+		return 0
+	fi
+	git -C "$src" am --abort >/dev/null 2>&1 || true
+	git -C "$src" checkout -q -B series base
+	git -C "$src" reset -q --hard base
+	local p
+	while read -r p; do
+		[ -n "$p" ] || continue
+		git -C "$src" -c user.name=mremap-dup -c user.email=mremap-dup@localhost \
+			am -q "$REPO/patches/$p" || die "git am failed on $p"
+	done <"$REPO/patches/series"
+	echo "$want" >"$tree/series.applied"
+	log "applied $(grep -c . "$REPO/patches/series") patches onto base"
+}
+
+config_hash() {
+	{ cat "$REPO/ci/kernel.config.fragment"; kmake_vars; } | sha256sum | cut -d' ' -f1
+}
+
+configure() {
+	local want
+	want=$(config_hash)
+	if [ -f "$out/.config" ] && [ "$(cat "$tree/config.done" 2>/dev/null)" = "$want" ]; then
+		return 0
+	fi
+	rm -rf "$out"
+	mkdir -p "$out"
+	# shellcheck disable=SC2046
+	(cd "$src" && vng --kconfig --config "$REPO/ci/kernel.config.fragment" \
+		O="$out" $(kmake_vars) "CC=ccache clang-19")
+	# virtme-ng appends DWARF after the fragment; no debug info keeps the
+	# build and the build dir small.
+	"$src/scripts/config" --file "$out/.config" \
+		-d DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT -e DEBUG_INFO_NONE
+	kmake "$tree" -s olddefconfig
+	local item
+	for item in CONFIG_RUST=y CONFIG_KUNIT=y CONFIG_KASAN=y CONFIG_PROVE_LOCKING=y \
+		CONFIG_DEBUG_VM=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_USERFAULTFD=y; do
+		grep -qx "$item" "$out/.config" || die "$item missing from $out/.config"
+	done
+	echo "$want" >"$tree/config.done"
+}
+
+build() {
+	local logf=$tree/build.log
+	kmake "$tree" -j"$(nproc)" 2>&1 | tee "$logf" | grep -E 'warning:|error:|^make.*Error' || true
+	[ "${PIPESTATUS[0]}" = 0 ] || die "kernel build failed, see $logf"
+	[ -f "$out/arch/x86/boot/bzImage" ] || die "no bzImage in $out"
+	if grep -q 'warning:' "$logf"; then
+		die "the $flavour build printed warnings (see $logf)"
+	fi
+}
+
+timed "apply series ($flavour)" apply_series
+timed "configure ($flavour)" configure
+timed "build ($flavour)" build
+log "kernel: $out/arch/x86/boot/bzImage"
