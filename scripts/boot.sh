@@ -1,0 +1,64 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# boot.sh FLAVOUR MODE RESULTS: boot the patched|unpatched kernel under
+# virtme-ng with all four DRM cards (vgem, virtio-gpu, bochs, qxl) and run
+# scripts/guest-test.sh MODE in it, collecting results into RESULTS.
+#
+# KVM is used when it works here; otherwise TCG (the choice is cached).
+# A splat in the kernel log before the first test is not ours (toolchain.md:
+# an early-boot KASAN report under TCG, which also turns lockdep off): such a
+# boot is retried, and said so; if it persists it stays in the results and
+# counts as a failure.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+flavour=$1
+mode=$2
+results=$3
+tree=$(tree_for "$flavour")
+kernel=$tree/out/arch/x86/boot/bzImage
+[ -f "$kernel" ] || die "no kernel at $kernel: run scripts/build-kernel.sh $flavour"
+accel_file=$CACHE/accel
+qemu_opts='-device virtio-gpu-pci -device bochs-display -device qxl'
+
+boot_once() {
+	local accel=$1 kvm_opt=()
+	[ "$accel" = tcg ] && kvm_opt=(--disable-kvm)
+	rm -rf "$results"
+	mkdir -p "$results"
+	log "booting $flavour kernel ($accel), mode $mode"
+	# vng's output must be piped, never redirected (toolchain.md pitfalls).
+	(cd "$REPO" && timeout --foreground 3000 vng --run "$kernel" --memory 2G --cpus 2 \
+		"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts" \
+		--exec "bash ./scripts/guest-test.sh $results $mode" 2>&1 |
+		tee "$results.console.log" | grep -E '^(ok|not ok|# Totals|MREMAP_DUP|memfd|wrote|vgem)' || true)
+	[ -f "$results/done" ]
+}
+
+boot_splat() {
+	python3 "$REPO/scripts/parse-results.py" --check-splat "$results/dmesg-boot.txt"
+}
+
+accel=$(cat "$accel_file" 2>/dev/null || true)
+if [ -z "$accel" ]; then
+	if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then accel=kvm; else accel=tcg; fi
+fi
+
+for try in 1 2 3; do
+	if ! boot_once "$accel"; then
+		if [ "$accel" = kvm ]; then
+			log "no result under KVM: falling back to TCG (and remembering it)"
+			accel=tcg
+			echo tcg >"$accel_file"
+			boot_once "$accel" || log "guest did not come back under TCG either"
+		else
+			log "guest did not come back"
+		fi
+	fi
+	[ -f "$results/done" ] && echo "$accel" >"$accel_file"
+	if [ -f "$results/dmesg-boot.txt" ] && boot_splat; then
+		log "try $try: splat in the kernel log before the first test, booting again:"
+		continue
+	fi
+	break
+done

@@ -1,0 +1,42 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# guest-test.sh RESULTS [MODE]: runs inside the virtme-ng guest (cwd = the
+# repo, shared read-only from the host). Writes everything the host parses
+# into RESULTS, a --rwdir directory:
+#   dmesg-boot.txt   the kernel log before the first test
+#   selftests.ktap   the Rust selftests' KTAP
+#   kunit/*.ktap     every KUnit suite's results (debugfs)
+#   dmesg.txt        the kernel log after the last test
+#   done             written last: the guest came back
+# MODE: test (default) runs everything; demo runs the README demo only.
+set -uo pipefail
+
+results=$1
+mode=${2:-test}
+repo=$(pwd)
+bin=$repo/target/release
+
+mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+dmesg >"$results/dmesg-boot.txt"
+uname -a >"$results/uname.txt"
+
+if [ "$mode" = demo ]; then
+	"$bin/mremap-dup-demo" 2>&1 | tee "$results/demo.txt"
+	dmesg >"$results/dmesg.txt"
+	echo done >"$results/done"
+	exit 0
+fi
+
+ls -l /dev/dri/ >"$results/dri.txt" 2>&1
+
+"$bin/mremap-dup-selftests" >"$results/selftests.ktap" 2>&1
+echo "selftests exit $?" >>"$results/exit.txt"
+
+mkdir -p "$results/kunit"
+for d in /sys/kernel/debug/kunit/*/; do
+	[ -f "$d/results" ] || continue
+	cp "$d/results" "$results/kunit/$(basename "$d").ktap"
+done
+
+dmesg >"$results/dmesg.txt"
+echo done >"$results/done"

@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Selftests for mremap(2) `MREMAP_DUP`, run inside the guest.
+//!
+//! Usage: `mremap-dup-selftests [NAME-SUBSTRING...]`. Prints KTAP; the exit
+//! status is 1 if any test failed.
+
+mod harness;
+mod shared;
+mod util;
+
+fn main() {
+    let filters: Vec<String> = std::env::args().skip(1).collect();
+    let failed = harness::run(shared::TESTS, &filters);
+    std::process::exit(i32::from(failed > 0));
+}
