@@ -36,6 +36,14 @@ pub struct Test {
     pub run: fn() -> TestResult,
 }
 
+/// A table of tests, each named after its function.
+#[macro_export]
+macro_rules! tests {
+    ($($f:ident),* $(,)?) => {
+        &[$($crate::harness::Test { name: stringify!($f), run: $f }),*]
+    };
+}
+
 /// Fails the test with a message naming the case, unless `cond` holds.
 #[macro_export]
 macro_rules! check {

@@ -5,12 +5,21 @@
 //! Usage: `mremap-dup-selftests [NAME-SUBSTRING...]`. Prints KTAP; the exit
 //! status is 1 if any test failed.
 
+mod drm;
 mod harness;
 mod shared;
 mod util;
 
 fn main() {
     let filters: Vec<String> = std::env::args().skip(1).collect();
-    let failed = harness::run(shared::TESTS, &filters);
+    let tests: Vec<harness::Test> = shared::TESTS
+        .iter()
+        .chain(drm::TESTS)
+        .map(|t| harness::Test {
+            name: t.name,
+            run: t.run,
+        })
+        .collect();
+    let failed = harness::run(&tests, &filters);
     std::process::exit(i32::from(failed > 0));
 }
