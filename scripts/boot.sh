@@ -30,7 +30,7 @@ boot_once() {
 	# vng's output must be piped, never redirected (toolchain.md pitfalls).
 	(cd "$REPO" && timeout --foreground 3000 vng --run "$kernel" --memory 2G --cpus 2 \
 		"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts" \
-		--exec "bash ./scripts/guest-test.sh $results $mode" 2>&1 |
+		--exec "bash ./scripts/guest-test.sh $results $mode $tree/module" 2>&1 |
 		tee "$results.console.log" | grep -E '^(ok|not ok|# Totals|MREMAP_DUP|memfd|wrote|vgem)' || true)
 	[ -f "$results/done" ]
 }

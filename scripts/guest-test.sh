@@ -9,10 +9,12 @@
 #   dmesg.txt        the kernel log after the last test
 #   done             written last: the guest came back
 # MODE: test (default) runs everything; demo runs the README demo only.
+# MODDIR: where build-module.sh left the test device module.
 set -uo pipefail
 
 results=$1
 mode=${2:-test}
+moddir=${3:-}
 repo=$(pwd)
 bin=$repo/target/release
 
@@ -28,6 +30,10 @@ if [ "$mode" = demo ]; then
 fi
 
 ls -l /dev/dri/ >"$results/dri.txt" 2>&1
+for ko in "$moddir"/*.ko; do
+	[ -f "$ko" ] || continue
+	insmod "$ko" >>"$results/insmod.txt" 2>&1 || echo "insmod $ko failed" >>"$results/insmod.txt"
+done
 
 "$bin/mremap-dup-selftests" >"$results/selftests.ktap" 2>&1
 echo "selftests exit $?" >>"$results/exit.txt"

@@ -46,6 +46,8 @@ if [ "$flavour" = patched ]; then
 	host_args+=(--host "vma-userland=$vmalog")
 fi
 
+timed "Rust test device module ($flavour)" "$REPO/scripts/build-module.sh" "$flavour" ||
+	log "the test device did not build: its tests will fail"
 timed "Rust selftests build" cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
 
 results=$CACHE/results/$flavour

@@ -114,9 +114,10 @@ fn own_maps() -> String {
 
 /// Runs `tests` (those whose name contains one of `filters`, if any), prints
 /// KTAP and returns the number of failures.
-pub fn run(tests: &[Test], filters: &[String]) -> usize {
+pub fn run(tests: &[&Test], filters: &[String]) -> usize {
     let selected: Vec<&Test> = tests
         .iter()
+        .copied()
         .filter(|t| filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str())))
         .collect();
     println!("KTAP version 1");

@@ -8,17 +8,14 @@
 mod drm;
 mod harness;
 mod shared;
+mod testdev;
 mod util;
 
 fn main() {
     let filters: Vec<String> = std::env::args().skip(1).collect();
-    let tests: Vec<harness::Test> = shared::TESTS
-        .iter()
-        .chain(drm::TESTS)
-        .map(|t| harness::Test {
-            name: t.name,
-            run: t.run,
-        })
+    let tests: Vec<&harness::Test> = [shared::TESTS, testdev::TESTS, drm::TESTS]
+        .into_iter()
+        .flatten()
         .collect();
     let failed = harness::run(&tests, &filters);
     std::process::exit(i32::from(failed > 0));
