@@ -39,9 +39,21 @@ boot_splat() {
 	python3 "$REPO/scripts/parse-results.py" --check-splat "$results/dmesg-boot.txt"
 }
 
+# Does KVM work here? Nested KVM on some hosts makes QEMU abort at start
+# ("failed to set MSR 0x10a"): a paused QEMU that is still alive after a few
+# seconds means it works.
+kvm_works() {
+	[ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+	local rc=0
+	(timeout 8 qemu-system-x86_64 -enable-kvm -cpu host -m 64 -display none \
+		-nodefaults -machine q35 -S -monitor none >/dev/null 2>&1) 2>/dev/null || rc=$?
+	[ "$rc" = 124 ]
+}
+
 accel=$(cat "$accel_file" 2>/dev/null || true)
 if [ -z "$accel" ]; then
-	if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then accel=kvm; else accel=tcg; fi
+	if kvm_works; then accel=kvm; else accel=tcg; fi
+	log "accelerator: $accel"
 fi
 
 for try in 1 2 3; do

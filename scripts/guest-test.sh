@@ -8,7 +8,8 @@
 #   kunit/*.ktap     every KUnit suite's results (debugfs)
 #   dmesg.txt        the kernel log after the last test
 #   done             written last: the guest came back
-# MODE: test (default) runs everything; demo runs the README demo only.
+# MODE: test (default) runs everything; demo runs the README demo only;
+# bench and bench-fork run the benchmarks (scripts/bench.sh).
 # MODDIR: where build-module.sh left the test device module.
 set -uo pipefail
 
@@ -21,6 +22,15 @@ bin=$repo/target/release
 mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
 dmesg >"$results/dmesg-boot.txt"
 uname -a >"$results/uname.txt"
+
+if [ "$mode" = bench ] || [ "$mode" = bench-fork ]; then
+	arg=all
+	[ "$mode" = bench-fork ] && arg=fork
+	"$bin/mremap-dup-bench" "$arg" 2>&1 | tee "$results/bench.txt"
+	dmesg >"$results/dmesg.txt"
+	echo done >"$results/done"
+	exit 0
+fi
 
 if [ "$mode" = demo ]; then
 	"$bin/mremap-dup-demo" 2>&1 | tee "$results/demo.txt"

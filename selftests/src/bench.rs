@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Benchmarks, run in the guest by scripts/bench.sh. Every number is a ratio
+//! against an alternative measured in the same run, never an absolute claim.
+//!
+//! 1. Making a 16 MiB shared buffer visible at a second address and reading
+//!    it there: MREMAP_DUP vs mmap(fd, MAP_POPULATE) of the same memfd vs
+//!    memcpy into a shadow buffer (what WoW64 does today).
+//! 2. fork() of a process with many pages mapped through device-like shared
+//!    mappings (the copy_pte_range() path that the series changes): run on
+//!    the patched and the unpatched kernel, compared by bench.sh.
+
+use std::ffi::CString;
+use std::time::Instant;
+
+use mremap_dup::{dup, Placement};
+
+const LEN: usize = 16 << 20;
+const ROUNDS: usize = 20;
+
+fn page() -> usize {
+    mremap_dup::page_size()
+}
+
+fn map(len: usize, prot: i32, flags: i32, fd: i32) -> *mut u8 {
+    // SAFETY: a fresh mapping chosen by the kernel.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+    assert!(
+        p != libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p.cast()
+}
+
+fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: p is a mapping of len bytes owned by the benchmark.
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
+/// Reads one word per page: what the 32-bit side does with the buffer.
+fn touch(p: *const u8, len: usize) -> u64 {
+    let mut sum = 0u64;
+    for off in (0..len).step_by(page()) {
+        // SAFETY: p maps len readable bytes.
+        sum = sum.wrapping_add(unsafe { p.add(off).cast::<u64>().read_volatile() });
+    }
+    sum
+}
+
+/// Median of `ROUNDS` runs of `f`, in microseconds.
+fn median_us(mut f: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[ROUNDS / 2]
+}
+
+fn second_view() {
+    let name = CString::new("bench").unwrap();
+    // SAFETY: plain system calls on a fresh memfd.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    // SAFETY: as above.
+    assert!(fd >= 0 && unsafe { libc::ftruncate(fd, LEN as libc::off_t) } == 0);
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let orig = map(LEN, rw, libc::MAP_SHARED | libc::MAP_POPULATE, fd);
+    // SAFETY: orig maps LEN writable bytes.
+    unsafe { orig.write_bytes(0x5a, LEN) };
+
+    let t_dup = median_us(|| {
+        // SAFETY: Anywhere replaces nothing.
+        let d =
+            unsafe { dup(orig.cast(), LEN, Placement::Anywhere) }.expect("MREMAP_DUP") as *mut u8;
+        touch(d, LEN);
+        unmap(d, LEN);
+    });
+    let t_mmap = median_us(|| {
+        let d = map(LEN, rw, libc::MAP_SHARED | libc::MAP_POPULATE, fd);
+        touch(d, LEN);
+        unmap(d, LEN);
+    });
+    let shadow = map(
+        LEN,
+        rw,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+        -1,
+    );
+    let t_copy = median_us(|| {
+        // SAFETY: both map LEN bytes and do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(orig, shadow, LEN) };
+        touch(shadow, LEN);
+    });
+    println!("second view of 16 MiB: MREMAP_DUP {t_dup:.0} us, mmap(fd)+MAP_POPULATE {t_mmap:.0} us, memcpy to shadow {t_copy:.0} us");
+    println!("ratio dup/mmap_populate: {:.2}", t_dup / t_mmap);
+    println!("ratio dup/memcpy_shadow: {:.2}", t_dup / t_copy);
+}
+
+fn fork_cost() {
+    // Many small shared mappings, populated: fork copies none of their
+    // entries (refaultable) ...
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let shared = map(
+        LEN,
+        rw,
+        libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+        -1,
+    );
+    // ... and private anonymous memory, whose entries fork copies through
+    // copy_pte_range() (the path given a destination address).
+    let private = map(
+        LEN,
+        rw,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+        -1,
+    );
+    // SAFETY: both map LEN writable bytes.
+    unsafe {
+        shared.write_bytes(1, LEN);
+        private.write_bytes(1, LEN);
+    }
+    let t = median_us(|| {
+        // SAFETY: the child only exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        let mut st = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    });
+    println!("fork with 16 MiB private + 16 MiB shared populated: {t:.0} us");
+}
+
+fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("fork") => fork_cost(),
+        _ => {
+            second_view();
+            fork_cost();
+        }
+    }
+}
