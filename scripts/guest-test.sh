@@ -40,8 +40,19 @@ if [ "$mode" = demo ]; then
 fi
 
 ls -l /dev/dri/ >"$results/dri.txt" 2>&1
-for ko in "$moddir"/*.ko; do
-	[ -f "$ko" ] || continue
+# The test device first: the KUnit suite (run at insmod) maps it.
+for mod in mremap_dup_testdev mremap_dup_kunit; do
+	ko=$moddir/$mod.ko
+	if [ ! -f "$ko" ]; then
+		echo "$ko: not built" >>"$results/insmod.txt"
+		continue
+	fi
+	if [ "$mod" = mremap_dup_kunit ]; then
+		for _ in $(seq 50); do
+			[ -e /dev/mremap_dup_testdev ] && break
+			sleep 0.1
+		done
+	fi
 	insmod "$ko" >>"$results/insmod.txt" 2>&1 || echo "insmod $ko failed" >>"$results/insmod.txt"
 done
 
