@@ -33,7 +33,7 @@ impl kernel::Module for MremapDupKunit {
 mod tests {
     use kernel::{
         bindings,
-        mm::virt::VmaRef,
+        mm::{virt::VmaRef, MmWithUser},
         page::PAGE_SIZE,
         prelude::*,
         uaccess::{UserPtr, UserSlice},
@@ -78,10 +78,18 @@ mod tests {
         unsafe { kunit_mremap(addr, len, len, flags, new_addr) }
     }
 
+    /// Runs `f` on the user mm that kunit_vm_mmap() attached to this kthread.
+    fn with_mm<R>(f: impl FnOnce(&MmWithUser) -> R) -> R {
+        kernel::current!().mm().map(f).expect("the test has a user mm")
+    }
+
     /// (start, end, flags, file, pgoff) of every VMA of the test's mm.
     fn vma_tree() -> KVec<(usize, usize, usize, usize, usize)> {
+        with_mm(vma_tree_of)
+    }
+
+    fn vma_tree_of(mm: &MmWithUser) -> KVec<(usize, usize, usize, usize, usize)> {
         let mut out = KVec::new();
-        let mm = kernel::current!().mm().expect("the test has a user mm");
         let _guard = mm.mmap_read_lock();
         let mut addr = 0;
         loop {
@@ -107,7 +115,10 @@ mod tests {
 
     /// The PFN mapped at `addr` of a VM_PFNMAP/VM_IO VMA, if any.
     fn pfn_at(addr: usize) -> Option<usize> {
-        let mm = kernel::current!().mm().expect("the test has a user mm");
+        with_mm(|mm| pfn_at_in(mm, addr))
+    }
+
+    fn pfn_at_in(mm: &MmWithUser, addr: usize) -> Option<usize> {
         let guard = mm.mmap_read_lock();
         let vma = guard.vma_lookup(addr)?;
         let mut args = bindings::follow_pfnmap_args { vma: vma.as_ptr(), address: addr as _, ..Default::default() };
@@ -172,7 +183,7 @@ mod tests {
     #[test]
     fn testdev_flavours_pfns_and_open_close() {
         // SAFETY: a NUL-terminated path; the result is checked below.
-        let file = unsafe { bindings::filp_open(c"/dev/mremap_dup_testdev".as_ptr(), bindings::O_RDWR as _, 0) };
+        let file = unsafe { bindings::filp_open(c"/dev/mremap_dup_testdev".as_ptr().cast(), bindings::O_RDWR as _, 0) };
         assert!(!is_err(file as usize));
         let len = TESTDEV_PAGES * PAGE_SIZE;
         for flavour in 0..3usize {

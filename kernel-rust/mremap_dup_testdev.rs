@@ -61,8 +61,9 @@ static CLOSES: [AtomicUsize; FLAVOURS] = [const { AtomicUsize::new(0) }; FLAVOUR
 /// # Invariants
 ///
 /// Set once in `init` before the device is registered, never changed, and
-/// freed only when the module is unloaded, which no mapping can outlive: a
-/// mapping holds its file, whose `f_op->owner` pins the module.
+/// freed (with the module's `_memory`) only when the module is unloaded,
+/// which no mapping can outlive: a mapping holds its file, whose
+/// `f_op->owner` pins the module.
 static mut MEMORY: *mut u8 = core::ptr::null_mut();
 
 fn memory() -> *mut u8 {
@@ -205,7 +206,7 @@ impl MiscDevice for TestDev {
                 unsafe { (*vma.as_ptr()).__bindgen_anon_2.vm_flags |= flags::PFNMAP };
                 Ok(())
             }
-            _ => {
+            MIXED => {
                 set_vm_ops(vma, flavour, &OPS_NOFAULT);
                 let mixed = vma.set_mixedmap();
                 for i in 0..(vma.end() - vma.start()) / PAGE_SIZE {
@@ -218,6 +219,7 @@ impl MiscDevice for TestDev {
                 }
                 Ok(())
             }
+            _ => Err(EINVAL),
         }
     }
 
@@ -235,6 +237,8 @@ impl MiscDevice for TestDev {
 struct TestDevModule {
     /// Taken in `drop` so the device is gone before its memory.
     miscdev: Option<Pin<KBox<MiscDeviceRegistration<TestDev>>>>,
+    /// The memory behind every mapping (see [`MEMORY`]).
+    _memory: VVec<u8>,
 }
 
 impl kernel::Module for TestDevModule {
@@ -242,8 +246,6 @@ impl kernel::Module for TestDevModule {
         let mut buf = VVec::<u8>::with_capacity(PAGES * PAGE_SIZE, GFP_KERNEL)?;
         buf.resize(PAGES * PAGE_SIZE, 0, GFP_KERNEL)?;
         let ptr = buf.as_mut_ptr();
-        // Freed with vfree() in drop: the vmalloc area lives as long as the module.
-        core::mem::forget(buf);
         for i in 0..PAGES {
             // SAFETY: ptr points to PAGES * PAGE_SIZE bytes just allocated.
             unsafe { ptr.add(i * PAGE_SIZE).cast::<u64>().write(MAGIC + i as u64) };
@@ -258,16 +260,16 @@ impl kernel::Module for TestDevModule {
         )?;
         Ok(Self {
             miscdev: Some(miscdev),
+            _memory: buf,
         })
     }
 }
 
 impl Drop for TestDevModule {
     fn drop(&mut self) {
+        // Deregister before `_memory` is freed; no mapping is left by now
+        // (each one pins the module through its file).
         drop(self.miscdev.take());
-        // SAFETY: the device is deregistered and no mapping is left (each one
-        // pins the module); MEMORY came from VVec's vmalloc allocation.
-        unsafe { bindings::vfree(memory().cast()) };
     }
 }
 
