@@ -25,7 +25,7 @@ SPLAT = re.compile(
     r"Disabling lock debugging|INFO: task .* blocked|"
     r"Unable to handle|page_table_check|list_add corruption|"
     r"list_del corruption|refcount_t:|bad page state|Bad page)",
-    re.IGNORECASE,
+    0,
 )
 KTAP_RESULT = re.compile(r"^(\s*)(not ok|ok) (\d+) ([^#]*?)\s*(#\s*(SKIP|skip).*)?$")
 
