@@ -22,7 +22,7 @@ accel_file=$CACHE/accel
 qemu_opts='-device virtio-gpu-pci -device bochs-display -device qxl'
 
 boot_once() {
-	local accel=$1 kvm_opt=()
+	local accel=$1 keep=${2:-} kvm_opt=()
 	[ "$accel" = tcg ] && kvm_opt=(--disable-kvm)
 	rm -rf "$results"
 	mkdir -p "$results"
@@ -30,7 +30,7 @@ boot_once() {
 	# vng's output must be piped, never redirected (toolchain.md pitfalls).
 	(cd "$REPO" && timeout --foreground 3000 vng --run "$kernel" --memory 2G --cpus 2 \
 		"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts" \
-		--exec "bash ./scripts/guest-test.sh $results $mode $tree/module" 2>&1 |
+		--exec "bash ./scripts/guest-test.sh $results $mode $tree/module $keep" 2>&1 |
 		tee "$results.console.log" | grep -E '^(ok|not ok|# Totals|MREMAP_DUP|memfd|wrote|vgem)' || true)
 	[ -f "$results/done" ]
 }
@@ -68,9 +68,17 @@ for try in 1 2 3; do
 		fi
 	fi
 	[ -f "$results/done" ] && echo "$accel" >"$accel_file"
-	if [ -f "$results/dmesg-boot.txt" ] && boot_splat; then
-		log "try $try: splat in the kernel log before the first test, booting again:"
-		continue
+	if [ -f "$results/boot-splat" ] || { [ -f "$results/dmesg-boot.txt" ] && boot_splat; }; then
+		log "try $try: splat in the kernel log before the first test:"
+		boot_splat || true
+		if [ "$try" -lt 3 ]; then
+			log "booting again"
+			continue
+		fi
+		# It persists: run the tests anyway, the splat counts as a failure.
+		log "splat persists after $try boots: running the tests on this one"
+		rm -f "$results/done"
+		boot_once "$accel" keep-boot-splat || true
 	fi
 	break
 done

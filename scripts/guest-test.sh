@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# guest-test.sh RESULTS [MODE]: runs inside the virtme-ng guest (cwd = the
+# guest-test.sh RESULTS [MODE [MODDIR [KEEP]]]: runs inside the virtme-ng guest (cwd = the
 # repo, shared read-only from the host). Writes everything the host parses
 # into RESULTS, a --rwdir directory:
 #   dmesg-boot.txt   the kernel log before the first test
@@ -11,17 +11,30 @@
 # MODE: test (default) runs everything; demo runs the README demo only;
 # bench and bench-fork run the benchmarks (scripts/bench.sh).
 # MODDIR: where build-module.sh left the test device module.
+# KEEP: non-empty to run the tests even after a splat during boot.
 set -uo pipefail
 
 results=$1
 mode=${2:-test}
 moddir=${3:-}
+keep_boot_splat=${4:-}
 repo=$(pwd)
 bin=$repo/target/release
 
 mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
 dmesg >"$results/dmesg-boot.txt"
 uname -a >"$results/uname.txt"
+
+# A splat before the first test (toolchain.md: an early-boot KASAN report
+# under TCG that also turns lockdep off) makes this boot worth less: stop
+# here and let the host boot again.
+if [ -z "$keep_boot_splat" ] &&
+	python3 "$repo/scripts/parse-results.py" --check-splat "$results/dmesg-boot.txt" 2>/dev/null; then
+	echo boot-splat >"$results/boot-splat"
+	dmesg >"$results/dmesg.txt"
+	echo done >"$results/done"
+	exit 0
+fi
 
 if [ "$mode" = bench ] || [ "$mode" = bench-fork ]; then
 	arg=all

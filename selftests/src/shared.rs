@@ -702,27 +702,43 @@ fn einval_unaligned_addresses() -> TestResult {
     still_dups(&src)
 }
 
+/// TASK_SIZE on x86-64: the top page below 2^56 is mappable with 5-level
+/// paging (TCG's `-cpu max` has LA57), else the top page below 2^47 is.
+fn task_size() -> usize {
+    let probe = (1usize << 56) - 2 * page();
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+    match map(probe, page(), libc::PROT_NONE, flags, -1, 0) {
+        Ok(_m) => (1 << 56) - page(),
+        Err(_) => (1 << 47) - page(),
+    }
+}
+
 fn einval_new_address_beyond_task_size() -> TestResult {
     require_dup()?;
     let (_fd, src) = shared_memfd(2)?;
     let dst = reserve(2, true)?;
-    refused("new_address at 1 << 47", &src, &dst, Errno::EINVAL, || {
-        dup_raw(src.addr, src.len, src.len, F::DUP | F::FIXED, 1 << 47)
-    })?;
+    let top = task_size();
+    let call = |new| move || dup_raw(src.addr, src.len, src.len, F::DUP | F::FIXED, new);
+    refused(
+        "new_address at TASK_SIZE",
+        &src,
+        &dst,
+        Errno::EINVAL,
+        call(top),
+    )?;
     refused(
         "new_address + len past TASK_SIZE",
         &src,
         &dst,
         Errno::EINVAL,
-        || {
-            dup_raw(
-                src.addr,
-                src.len,
-                src.len,
-                F::DUP | F::FIXED,
-                (1 << 47) - page(),
-            )
-        },
+        call(top - page()),
+    )?;
+    refused(
+        "new_address in the kernel half",
+        &src,
+        &dst,
+        Errno::EINVAL,
+        call(usize::MAX & !(page() - 1)),
     )?;
     still_dups(&src)
 }
@@ -975,6 +991,9 @@ fn einval_mremap_hook_aio_ring() -> TestResult {
 fn einval_userfaultfd_registered() -> TestResult {
     require_dup()?;
     let (_fd, src) = shared_memfd(2)?;
+    // Populate first: a missing-page fault in a registered range would wait
+    // for a userfaultfd handler that this test does not run.
+    fill(src.addr, 2, 10);
     // SAFETY: userfaultfd() takes flags only.
     let ufd =
         unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
@@ -1022,7 +1041,6 @@ fn einval_userfaultfd_registered() -> TestResult {
         "UFFDIO_REGISTER: {}",
         Errno::last()
     );
-    fill(src.addr, 2, 10);
     let dst = reserve(2, true)?;
     refused(
         "userfaultfd-registered source",
