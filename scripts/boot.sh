@@ -74,6 +74,7 @@ for try in $(seq "$max_tries"); do
 	if [ -f "$results/boot-splat" ] || { [ -f "$results/dmesg-boot.txt" ] && boot_splat; }; then
 		log "try $try: splat in the kernel log before the first test:"
 		boot_splat || true
+		cp "$results/dmesg-boot.txt" "$results.boot-splat-$try.txt" 2>/dev/null || true
 		if [ "$try" -lt "$max_tries" ]; then
 			log "booting again"
 			continue
