@@ -20,6 +20,13 @@ kernel=$tree/out/arch/x86/boot/bzImage
 [ -f "$kernel" ] || die "no kernel at $kernel: run scripts/build-kernel.sh $flavour"
 accel_file=$CACHE/accel
 qemu_opts='-device virtio-gpu-pci -device bochs-display -device qxl'
+# no5lvl: under TCG vng uses -cpu max, which has LA57, and the unpatched
+# 7.2.13 KASAN kernel then often reports a "wild-memory-access" in
+# handle_edge_irq() at 0.005 s, on an address of the 5-level direct map
+# (ff11...), and turns lockdep off for the rest of the boot (toolchain.md
+# pitfalls; 6 of 9 boots here). 4-level paging is what the selftests were
+# written for; the report is not filtered, it just does not happen.
+kernel_args='no5lvl'
 
 boot_once() {
 	local accel=$1 keep=${2:-} kvm_opt=()
@@ -30,6 +37,7 @@ boot_once() {
 	# vng's output must be piped, never redirected (toolchain.md pitfalls).
 	(cd "$REPO" && timeout --foreground 3000 vng --run "$kernel" --memory 2G --cpus 2 \
 		"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts" \
+		--append="$kernel_args" \
 		--exec "bash ./scripts/guest-test.sh $results $mode $tree/module $keep" 2>&1 |
 		tee "$results.console.log" | grep -E '^(ok|not ok|# Totals|MREMAP_DUP|memfd|wrote|vgem)' || true)
 	[ -f "$results/done" ]
