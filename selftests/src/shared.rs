@@ -611,34 +611,36 @@ fn still_dups(src: &Mapping) -> TestResult {
     )
 }
 
+/// One refused call: (case, old_address, old_len, new_len, flags, new_address).
+type Row = (&'static str, usize, usize, usize, F, usize);
+
+/// Table-driven errno check: every row must fail with `want` and leave the
+/// source and the destination unchanged.
+fn refused_rows(src: &Mapping, dst: &Mapping, want: Errno, rows: &[Row]) -> TestResult {
+    for &(case, old, old_len, new_len, flags, new) in rows {
+        refused(case, src, dst, want, || {
+            dup_raw(old, old_len, new_len, flags, new)
+        })?;
+    }
+    Ok(())
+}
+
 fn einval_resize() -> TestResult {
     require_dup()?;
     let (_fd, src) = shared_memfd(4)?;
     let dst = reserve(4, true)?;
-    refused("old_len < new_len", &src, &dst, Errno::EINVAL, || {
-        dup_raw(
-            src.addr,
-            2 * page(),
-            4 * page(),
-            F::DUP | F::FIXED,
-            dst.addr,
-        )
-    })?;
-    refused("old_len > new_len", &src, &dst, Errno::EINVAL, || {
-        dup_raw(
-            src.addr,
-            4 * page(),
-            2 * page(),
-            F::DUP | F::FIXED,
-            dst.addr,
-        )
-    })?;
-    refused("old_len == 0", &src, &dst, Errno::EINVAL, || {
-        dup_raw(src.addr, 0, 4 * page(), F::DUP | F::FIXED, dst.addr)
-    })?;
-    refused("old_len == 0, anywhere", &src, &dst, Errno::EINVAL, || {
-        dup_raw(src.addr, 0, 4 * page(), F::DUP, 0)
-    })?;
+    let (a, p, d) = (src.addr, page(), dst.addr);
+    refused_rows(
+        &src,
+        &dst,
+        Errno::EINVAL,
+        &[
+            ("old_len < new_len", a, 2 * p, 4 * p, F::DUP | F::FIXED, d),
+            ("old_len > new_len", a, 4 * p, 2 * p, F::DUP | F::FIXED, d),
+            ("old_len == 0", a, 0, 4 * p, F::DUP | F::FIXED, d),
+            ("old_len == 0, anywhere", a, 0, 4 * p, F::DUP, 0),
+        ],
+    )?;
     still_dups(&src)
 }
 
@@ -646,29 +648,29 @@ fn einval_with_dontunmap() -> TestResult {
     require_dup()?;
     let (_fd, src) = shared_memfd(2)?;
     let dst = reserve(2, true)?;
-    refused("DUP|DONTUNMAP|MAYMOVE", &src, &dst, Errno::EINVAL, || {
-        dup_raw(
-            src.addr,
-            src.len,
-            src.len,
-            F::DUP | F::DONTUNMAP | F::MAYMOVE,
-            0,
-        )
-    })?;
-    refused(
-        "DUP|DONTUNMAP|FIXED|MAYMOVE",
+    let (a, l) = (src.addr, src.len);
+    refused_rows(
         &src,
         &dst,
         Errno::EINVAL,
-        || {
-            dup_raw(
-                src.addr,
-                src.len,
-                src.len,
+        &[
+            (
+                "DUP|DONTUNMAP|MAYMOVE",
+                a,
+                l,
+                l,
+                F::DUP | F::DONTUNMAP | F::MAYMOVE,
+                0,
+            ),
+            (
+                "DUP|DONTUNMAP|FIXED|MAYMOVE",
+                a,
+                l,
+                l,
                 F::DUP | F::DONTUNMAP | F::FIXED | F::MAYMOVE,
                 dst.addr,
-            )
-        },
+            ),
+        ],
     )?;
     still_dups(&src)
 }
@@ -693,12 +695,16 @@ fn einval_unaligned_addresses() -> TestResult {
     require_dup()?;
     let (_fd, src) = shared_memfd(2)?;
     let dst = reserve(2, true)?;
-    refused("unaligned old_address", &src, &dst, Errno::EINVAL, || {
-        dup_raw(src.addr + 8, page(), page(), F::DUP | F::FIXED, dst.addr)
-    })?;
-    refused("unaligned new_address", &src, &dst, Errno::EINVAL, || {
-        dup_raw(src.addr, src.len, src.len, F::DUP | F::FIXED, dst.addr + 8)
-    })?;
+    let (a, p, d, fl) = (src.addr, page(), dst.addr, F::DUP | F::FIXED);
+    refused_rows(
+        &src,
+        &dst,
+        Errno::EINVAL,
+        &[
+            ("unaligned old_address", a + 8, p, p, fl, d),
+            ("unaligned new_address", a, 2 * p, 2 * p, fl, d + 8),
+        ],
+    )?;
     still_dups(&src)
 }
 
@@ -747,59 +753,38 @@ fn einval_destination_overlaps_source() -> TestResult {
     require_dup()?;
     let (_fd, src) = shared_memfd(8)?;
     let dst = reserve(2, true)?;
-    refused("destination == source", &src, &dst, Errno::EINVAL, || {
-        dup_raw(
-            src.addr,
-            4 * page(),
-            4 * page(),
-            F::DUP | F::FIXED,
-            src.addr,
-        )
-    })?;
-    refused(
-        "destination overlaps source range",
+    let (a, p, fl) = (src.addr, page(), F::DUP | F::FIXED);
+    refused_rows(
         &src,
         &dst,
         Errno::EINVAL,
-        || {
-            dup_raw(
-                src.addr,
-                4 * page(),
-                4 * page(),
-                F::DUP | F::FIXED,
-                src.addr + 2 * page(),
-            )
-        },
-    )?;
-    refused(
-        "destination in the rest of the source VMA",
-        &src,
-        &dst,
-        Errno::EINVAL,
-        || {
-            dup_raw(
-                src.addr,
-                2 * page(),
-                2 * page(),
-                F::DUP | F::FIXED,
-                src.addr + 5 * page(),
-            )
-        },
-    )?;
-    refused(
-        "destination straddles the source VMA's end",
-        &src,
-        &dst,
-        Errno::EINVAL,
-        || {
-            dup_raw(
-                src.addr,
-                2 * page(),
-                2 * page(),
-                F::DUP | F::FIXED,
-                src.addr + 7 * page(),
-            )
-        },
+        &[
+            ("destination == source", a, 4 * p, 4 * p, fl, a),
+            (
+                "destination overlaps source range",
+                a,
+                4 * p,
+                4 * p,
+                fl,
+                a + 2 * p,
+            ),
+            (
+                "destination in the rest of the source VMA",
+                a,
+                2 * p,
+                2 * p,
+                fl,
+                a + 5 * p,
+            ),
+            (
+                "destination straddles the source VMA's end",
+                a,
+                2 * p,
+                2 * p,
+                fl,
+                a + 7 * p,
+            ),
+        ],
     )?;
     still_dups(&src)
 }
