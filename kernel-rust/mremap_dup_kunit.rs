@@ -41,7 +41,13 @@ mod tests {
 
     unsafe extern "C" {
         /// mremap() of current->mm (mm/mremap.c, EXPORT_SYMBOL_IF_KUNIT).
-        fn kunit_mremap(addr: usize, old_len: usize, new_len: usize, flags: usize, new_addr: usize) -> usize;
+        fn kunit_mremap(
+            addr: usize,
+            old_len: usize,
+            new_len: usize,
+            flags: usize,
+            new_addr: usize,
+        ) -> usize;
     }
 
     const PROT_RW: usize = 0x1 | 0x2;
@@ -61,16 +67,33 @@ mod tests {
     const FLAVOUR_STRIDE: usize = 256;
     const GET_OPENS: u32 = kernel::ioctl::_IO('D' as u32, 1);
     const GET_CLOSES: u32 = kernel::ioctl::_IO('D' as u32, 2);
+    const PAT_WC: usize = 4;
 
     fn is_err(v: usize) -> bool {
         v >= (-4095isize) as usize
     }
 
     /// mmap() into the test's user mm; errors come back as addresses.
-    fn vm_mmap(file: *mut bindings::file, len: usize, prot: usize, flags: usize, off: usize) -> usize {
+    fn vm_mmap(
+        file: *mut bindings::file,
+        len: usize,
+        prot: usize,
+        flags: usize,
+        off: usize,
+    ) -> usize {
         // SAFETY: kunit_get_current_test() is the running test; kunit_vm_mmap()
         // attaches a user mm to this kthread on first use and unmaps at the end.
-        unsafe { bindings::kunit_vm_mmap(bindings::kunit_get_current_test(), file, 0, len as _, prot as _, flags as _, off as _) as usize }
+        unsafe {
+            bindings::kunit_vm_mmap(
+                bindings::kunit_get_current_test(),
+                file,
+                0,
+                len,
+                prot,
+                flags,
+                off,
+            ) as usize
+        }
     }
 
     fn mremap(addr: usize, len: usize, flags: usize, new_addr: usize) -> usize {
@@ -80,7 +103,10 @@ mod tests {
 
     /// Runs `f` on the user mm that kunit_vm_mmap() attached to this kthread.
     fn with_mm<R>(f: impl FnOnce(&MmWithUser) -> R) -> R {
-        kernel::current!().mm().map(f).expect("the test has a user mm")
+        kernel::current!()
+            .mm()
+            .map(f)
+            .expect("the test has a user mm")
     }
 
     /// (start, end, flags, file, pgoff) of every VMA of the test's mm.
@@ -94,7 +120,7 @@ mod tests {
         let mut addr = 0;
         loop {
             // SAFETY: the mmap lock is held (guard), mm is current's live mm.
-            let vma = unsafe { bindings::find_vma(mm.as_raw(), addr as _) };
+            let vma = unsafe { bindings::find_vma(mm.as_raw(), addr) };
             if vma.is_null() {
                 break;
             }
@@ -121,12 +147,16 @@ mod tests {
     fn pfn_at_in(mm: &MmWithUser, addr: usize) -> Option<usize> {
         let guard = mm.mmap_read_lock();
         let vma = guard.vma_lookup(addr)?;
-        let mut args = bindings::follow_pfnmap_args { vma: vma.as_ptr(), address: addr as _, ..Default::default() };
+        let mut args = bindings::follow_pfnmap_args {
+            vma: vma.as_ptr(),
+            address: addr,
+            ..Default::default()
+        };
         // SAFETY: the mmap lock is held; args names a VMA of this mm.
         if unsafe { bindings::follow_pfnmap_start(&mut args) } != 0 {
             return None;
         }
-        let pfn = args.pfn as usize;
+        let pfn = args.pfn;
         // SAFETY: pairs with the successful follow_pfnmap_start() above.
         unsafe { bindings::follow_pfnmap_end(&mut args) };
         Some(pfn)
@@ -142,7 +172,13 @@ mod tests {
     #[test]
     fn shmem_dup_same_file_flags_offset() {
         let len = 8 * PAGE_SIZE;
-        let addr = vm_mmap(core::ptr::null_mut(), len, PROT_RW, MAP_SHARED | MAP_ANONYMOUS, 0);
+        let addr = vm_mmap(
+            core::ptr::null_mut(),
+            len,
+            PROT_RW,
+            MAP_SHARED | MAP_ANONYMOUS,
+            0,
+        );
         assert!(!is_err(addr));
         let dup = mremap(addr + 2 * PAGE_SIZE, 3 * PAGE_SIZE, MREMAP_DUP, 0);
         assert!(!is_err(dup));
@@ -154,20 +190,47 @@ mod tests {
         assert_eq!(d.4, a.4 + 2);
         assert_eq!(d.2 & !DUP_DIFFERS, a.2 & !DUP_DIFFERS);
         // SAFETY: unmapping the duplicate made by this test.
-        unsafe { bindings::vm_munmap(dup as _, 3 * PAGE_SIZE) };
+        unsafe { bindings::vm_munmap(dup, 3 * PAGE_SIZE) };
     }
 
     #[test]
     fn refused_dup_leaves_vma_tree_unchanged() {
         let len = 4 * PAGE_SIZE;
-        let private = vm_mmap(core::ptr::null_mut(), len, PROT_RW, MAP_PRIVATE | MAP_ANONYMOUS, 0);
-        let dst = vm_mmap(core::ptr::null_mut(), len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, 0);
-        let shared = vm_mmap(core::ptr::null_mut(), 2 * len, PROT_RW, MAP_SHARED | MAP_ANONYMOUS, 0);
+        let private = vm_mmap(
+            core::ptr::null_mut(),
+            len,
+            PROT_RW,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            0,
+        );
+        let dst = vm_mmap(
+            core::ptr::null_mut(),
+            len,
+            PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            0,
+        );
+        let shared = vm_mmap(
+            core::ptr::null_mut(),
+            2 * len,
+            PROT_RW,
+            MAP_SHARED | MAP_ANONYMOUS,
+            0,
+        );
         assert!(!is_err(private) && !is_err(dst) && !is_err(shared));
         let before = vma_tree();
-        assert_eq!(mremap(private, len, MREMAP_DUP | MREMAP_FIXED, dst), EINVAL.wrapping_neg());
-        assert_eq!(mremap(shared, len, MREMAP_DUP | MREMAP_FIXED, shared + PAGE_SIZE), EINVAL.wrapping_neg());
-        assert_eq!(mremap(shared, len, MREMAP_DUP | MREMAP_FIXED, shared + len), EINVAL.wrapping_neg());
+        assert_eq!(
+            mremap(private, len, MREMAP_DUP | MREMAP_FIXED, dst),
+            EINVAL.wrapping_neg()
+        );
+        assert_eq!(
+            mremap(shared, len, MREMAP_DUP | MREMAP_FIXED, shared + PAGE_SIZE),
+            EINVAL.wrapping_neg()
+        );
+        assert_eq!(
+            mremap(shared, len, MREMAP_DUP | MREMAP_FIXED, shared + len),
+            EINVAL.wrapping_neg()
+        );
         assert!(vma_tree()[..] == before[..]);
     }
 
@@ -175,19 +238,102 @@ mod tests {
     fn testdev_count(file: *mut bindings::file, cmd: u32, flavour: usize) -> isize {
         // SAFETY: file is the open test device; its f_op has unlocked_ioctl.
         unsafe {
-            let ioctl = (*(*file).f_op).unlocked_ioctl.expect("test device has ioctl");
-            ioctl(file, cmd, flavour as _) as isize
+            let ioctl = (*(*file).f_op)
+                .unlocked_ioctl
+                .expect("test device has ioctl");
+            ioctl(file, cmd, flavour)
         }
+    }
+
+    /// Opens the test device (kernel-rust/mremap_dup_testdev.rs).
+    fn open_testdev() -> *mut bindings::file {
+        // SAFETY: a NUL-terminated path; the result is checked below.
+        let file = unsafe {
+            bindings::filp_open(
+                c"/dev/mremap_dup_testdev".as_ptr().cast(),
+                bindings::O_RDWR as i32,
+                0,
+            )
+        };
+        assert!(!is_err(file as usize));
+        file
+    }
+
+    /// The x86 PAT tracking context of the VMA at `addr` and its reference
+    /// count (null and 0 when the VMA has none).
+    fn pfnmap_track_at(addr: usize) -> (usize, u32) {
+        with_mm(|mm| {
+            let guard = mm.mmap_read_lock();
+            let vma = guard.vma_lookup(addr).expect("a VMA at addr");
+            // SAFETY: the mmap lock is held (guard), so the VMA is live and
+            // its tracking context, set at mmap and shared by copies, holds
+            // a reference for it and is live too.
+            unsafe {
+                let ctx = (*vma.as_ptr()).pfnmap_track_ctx;
+                if ctx.is_null() {
+                    return (0, 0);
+                }
+                let refs = core::ptr::addr_of!((*ctx).kref.refcount.refs.counter).read_volatile();
+                (ctx as usize, refs as u32)
+            }
+        })
+    }
+
+    #[test]
+    fn testdev_pat_tracking_shared_by_kref() {
+        let file = open_testdev();
+        let len = TESTDEV_PAGES * PAGE_SIZE;
+        let addr = vm_mmap(
+            file,
+            len,
+            PROT_RW,
+            MAP_SHARED,
+            PAT_WC * FLAVOUR_STRIDE * PAGE_SIZE,
+        );
+        assert!(!is_err(addr));
+        // remap_pfn_range() of the whole VMA: tracked, one reference.
+        let (ctx, refs) = pfnmap_track_at(addr);
+        assert_ne!(ctx, 0);
+        assert_eq!(refs, 1);
+        let dup = mremap(addr, len, MREMAP_DUP, 0);
+        assert!(!is_err(dup));
+        // The duplicate shares the tracking (vm_area_dup()), one more reference.
+        assert_eq!(pfnmap_track_at(dup), (ctx, 2));
+        assert_eq!(pfnmap_track_at(addr), (ctx, 2));
+        // A refused DUP (part of a device mapping) takes no reference.
+        let dst = vm_mmap(
+            core::ptr::null_mut(),
+            PAGE_SIZE,
+            PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            0,
+        );
+        assert!(!is_err(dst));
+        assert_eq!(
+            mremap(addr, PAGE_SIZE, MREMAP_DUP | MREMAP_FIXED, dst),
+            EINVAL.wrapping_neg()
+        );
+        assert_eq!(pfnmap_track_at(addr), (ctx, 2));
+        // SAFETY: unmapping the duplicate made by this test.
+        unsafe { bindings::vm_munmap(dup, len) };
+        assert_eq!(pfnmap_track_at(addr), (ctx, 1));
+        // SAFETY: drops the reference filp_open() returned; the mapping keeps
+        // its own.
+        unsafe { bindings::fput(file) };
     }
 
     #[test]
     fn testdev_flavours_pfns_and_open_close() {
-        // SAFETY: a NUL-terminated path; the result is checked below.
-        let file = unsafe { bindings::filp_open(c"/dev/mremap_dup_testdev".as_ptr().cast(), bindings::O_RDWR as _, 0) };
-        assert!(!is_err(file as usize));
+        let file = open_testdev();
         let len = TESTDEV_PAGES * PAGE_SIZE;
         for flavour in 0..3usize {
-            let addr = vm_mmap(file, len, PROT_RW, MAP_SHARED, flavour * FLAVOUR_STRIDE * PAGE_SIZE);
+            let addr = vm_mmap(
+                file,
+                len,
+                PROT_RW,
+                MAP_SHARED,
+                flavour * FLAVOUR_STRIDE * PAGE_SIZE,
+            );
             assert!(!is_err(addr));
             let orig = read_user(addr, len);
             let opens = testdev_count(file, GET_OPENS, flavour);
@@ -213,7 +359,7 @@ mod tests {
             }
             assert!(read_user(dup, len)[..] == orig[..]);
             // SAFETY: unmapping the duplicate made by this test.
-            unsafe { bindings::vm_munmap(dup as _, len) };
+            unsafe { bindings::vm_munmap(dup, len) };
             assert_eq!(testdev_count(file, GET_CLOSES, flavour), closes + 1);
         }
         // SAFETY: drops the reference filp_open() returned.

@@ -12,10 +12,19 @@
 //! | 1 `FAULT_PFN` | `vmf_insert_pfn()` from `->fault` | `VM_PFNMAP \| VM_IO` |
 //! | 2 `MIXED` | `vm_insert_page()` at mmap time, no fault handler | `VM_MIXEDMAP` |
 //! | 3 `DONTCOPY` | as `REMAP_PFN`, plus `VM_DONTCOPY` | |
+//! | 4 `PAT_WC` | one `remap_pfn_range()` of the whole VMA onto non-RAM, write-combining | `VM_PFNMAP \| VM_IO` |
 //!
 //! Every mapping has `vm_ops->open`/`->close`, counted per flavour; the
 //! `GET_OPENS`/`GET_CLOSES` ioctls (argument: the flavour) return the counts,
 //! and page `i` of the memory starts with the word `MAGIC + i`.
+//!
+//! `PAT_WC` is the mapping x86 PAT really tracks (a `pfnmap_track_ctx` that
+//! the VMA and its copies share by kref, and an entry in
+//! `/sys/kernel/debug/x86/pat_memtype_list`): `remap_pfn_range()` covering
+//! the whole VMA, of memory that is not System RAM. Its memory is
+//! [`PAGES`] pages at physical address `pat_base`, which the boot reserves
+//! with `memmap=<size>$<pat_base>`; without the parameter that flavour's
+//! mmap fails with `ENODEV`.
 //!
 //! `VmaNew` offers `VM_MIXEDMAP` and `vm_insert_page()` but nothing for
 //! `VM_PFNMAP`, `remap_pfn_range()`, `vmf_insert_pfn()`, `vm_private_data`
@@ -47,7 +56,8 @@ const REMAP_PFN: usize = 0;
 const FAULT_PFN: usize = 1;
 const MIXED: usize = 2;
 const DONTCOPY: usize = 3;
-const FLAVOURS: usize = 4;
+const PAT_WC: usize = 4;
+const FLAVOURS: usize = 5;
 
 const GET_OPENS: u32 = _IO('D' as u32, 1);
 const GET_CLOSES: u32 = _IO('D' as u32, 2);
@@ -88,34 +98,52 @@ unsafe fn flavour_of(vma: *const bindings::vm_area_struct) -> usize {
     unsafe { (*vma).vm_private_data as usize }
 }
 
+/// `vm_operations_struct::open` of every flavour: counts the mapping.
+///
+/// # Safety
+///
+/// Called by the kernel with a live VMA that has our vm_ops (so
+/// `vm_private_data` holds its flavour).
 unsafe extern "C" fn vm_open(vma: *mut bindings::vm_area_struct) {
     // SAFETY: the kernel calls ->open with a live VMA that has our vm_ops.
     let f = unsafe { flavour_of(vma) };
     OPENS[f].fetch_add(1, Ordering::Relaxed);
 }
 
+/// `vm_operations_struct::close` of every flavour: counts the unmap.
+///
+/// # Safety
+///
+/// As for [`vm_open`].
 unsafe extern "C" fn vm_close(vma: *mut bindings::vm_area_struct) {
     // SAFETY: the kernel calls ->close with a live VMA that has our vm_ops.
     let f = unsafe { flavour_of(vma) };
     CLOSES[f].fetch_add(1, Ordering::Relaxed);
 }
 
+/// `vm_operations_struct::fault` of `FAULT_PFN`: inserts the PFN of the
+/// faulting page.
+///
+/// # Safety
+///
+/// Called by the kernel with a valid `vm_fault` for a VMA that has our
+/// vm_ops, under the mmap or VMA lock.
 unsafe extern "C" fn vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
     // SAFETY: the kernel calls ->fault with a valid vm_fault for our VMA.
     let (vma, pgoff, address) = unsafe {
         let f = &(*vmf).__bindgen_anon_1;
-        (f.vma, f.pgoff as usize, f.address)
+        (f.vma, f.pgoff, f.address)
     };
     // The page of the object: the offset into the VMA, as DRM computes it.
     // SAFETY: vma is the live VMA being faulted.
-    let idx = pgoff - unsafe { (*vma).vm_pgoff } as usize;
+    let idx = pgoff - unsafe { (*vma).vm_pgoff };
     if idx >= PAGES {
         return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
     }
     // SAFETY: a VM_PFNMAP VMA of ours, faulting at `address` inside it, with
     // the mmap lock or VMA lock held by the fault path; the PFN is RAM that
     // outlives the mapping (MEMORY's invariants).
-    unsafe { bindings::vmf_insert_pfn(vma, address, pfn(idx) as _) }
+    unsafe { bindings::vmf_insert_pfn(vma, address, pfn(idx)) }
 }
 
 /// `vm_operations_struct` made of function pointers only.
@@ -159,13 +187,65 @@ fn remap_pfns(vma: &VmaNew) -> Result {
         to_result(unsafe {
             bindings::remap_pfn_range(
                 vma.as_ptr(),
-                (vma.start() + i * PAGE_SIZE) as _,
-                pfn(i) as _,
+                vma.start() + i * PAGE_SIZE,
+                pfn(i),
                 PAGE_SIZE,
                 (*vma.as_ptr()).vm_page_prot,
             )
         })?;
     }
+    Ok(())
+}
+
+/// The first PFN of the `PAT_WC` flavour's memory, if the module has one.
+fn pat_pfn() -> Option<usize> {
+    let base = *module_parameters::pat_base.value();
+    (base != 0).then_some((base >> bindings::PAGE_SHIFT) as usize)
+}
+
+/// One `remap_pfn_range()` of the whole VMA onto the `PAT_WC` memory,
+/// write-combining: covering the whole VMA is what makes the kernel track the
+/// range (and its memory type) for the life of the VMA and its copies.
+fn remap_pat_wc(vma: &VmaNew, pfn: usize) -> Result {
+    // SAFETY: the VMA is being set up in our mmap hook with the mmap lock
+    // held and [start, end) is all of it; the PFNs are PAGES pages reserved
+    // by the boot (memmap=) for this module alone, which outlive every
+    // mapping; pgprot_writecombine() only changes the cache bits of the
+    // VMA's own protection.
+    to_result(unsafe {
+        bindings::remap_pfn_range(
+            vma.as_ptr(),
+            vma.start(),
+            pfn,
+            vma.end() - vma.start(),
+            bindings::pgprot_writecombine((*vma.as_ptr()).vm_page_prot),
+        )
+    })
+}
+
+/// Writes `MAGIC + i` at the start of page `i` of the `PAT_WC` memory.
+fn init_pat_memory() -> Result {
+    let Some(pfn) = pat_pfn() else {
+        return Ok(());
+    };
+    let phys = (pfn << bindings::PAGE_SHIFT) as bindings::resource_size_t;
+    // SAFETY: maps PAGES pages of physical memory that the boot reserved for
+    // this module (memmap=), write-combining as every user mapping of it.
+    let io = unsafe { bindings::ioremap_wc(phys, PAGES * PAGE_SIZE) };
+    if io.is_null() {
+        return Err(ENOMEM);
+    }
+    for i in 0..PAGES {
+        // SAFETY: page i < PAGES of the live mapping just made, 8-aligned.
+        unsafe {
+            io.cast::<u8>()
+                .add(i * PAGE_SIZE)
+                .cast::<u64>()
+                .write_volatile(MAGIC + i as u64)
+        };
+    }
+    // SAFETY: io came from ioremap_wc() above and is not used after this.
+    unsafe { bindings::iounmap(io) };
     Ok(())
 }
 
@@ -181,9 +261,9 @@ impl MiscDevice for TestDev {
 
     fn mmap(_device: (), _file: &File, vma: &VmaNew) -> Result {
         // SAFETY: reading vm_pgoff of the VMA being set up.
-        let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as usize;
+        let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff };
         let flavour = pgoff / FLAVOUR_STRIDE;
-        if pgoff % FLAVOUR_STRIDE != 0
+        if !pgoff.is_multiple_of(FLAVOUR_STRIDE)
             || flavour >= FLAVOURS
             || vma.end() - vma.start() > PAGES * PAGE_SIZE
         {
@@ -211,13 +291,21 @@ impl MiscDevice for TestDev {
                 let mixed = vma.set_mixedmap();
                 for i in 0..(vma.end() - vma.start()) / PAGE_SIZE {
                     // SAFETY: page i of the vmalloc area (MEMORY's invariants).
-                    let page = unsafe { bindings::vmalloc_to_page(memory().add(i * PAGE_SIZE).cast()) };
+                    let page =
+                        unsafe { bindings::vmalloc_to_page(memory().add(i * PAGE_SIZE).cast()) };
                     // SAFETY: VM_MIXEDMAP was set just above, the VMA is
                     // being set up, and the page is an order-0 page with a
                     // reference held by the vmalloc area.
-                    to_result(unsafe { bindings::vm_insert_page(mixed.as_ptr(), (vma.start() + i * PAGE_SIZE) as _, page) })?;
+                    to_result(unsafe {
+                        bindings::vm_insert_page(mixed.as_ptr(), vma.start() + i * PAGE_SIZE, page)
+                    })?;
                 }
                 Ok(())
+            }
+            PAT_WC => {
+                let pfn = pat_pfn().ok_or(ENODEV)?;
+                set_vm_ops(vma, flavour, &OPS_NOFAULT);
+                remap_pat_wc(vma, pfn)
             }
             _ => Err(EINVAL),
         }
@@ -252,6 +340,7 @@ impl kernel::Module for TestDevModule {
         }
         // SAFETY: no device is registered yet, so nothing reads MEMORY.
         unsafe { MEMORY = ptr };
+        init_pat_memory()?;
         let miscdev = KBox::pin_init(
             MiscDeviceRegistration::register(MiscDeviceOptions {
                 name: c"mremap_dup_testdev",
@@ -277,6 +366,12 @@ module! {
     type: TestDevModule,
     name: "mremap_dup_testdev",
     authors: ["MREMAP_DUP developers"],
-    description: "Device mappings (PFNMAP, MIXEDMAP, DONTCOPY) for MREMAP_DUP selftests",
+    description: "Device mappings (PFNMAP, MIXEDMAP, DONTCOPY, PAT WC) for MREMAP_DUP selftests",
     license: "GPL",
+    params: {
+        pat_base: u64 {
+            default: 0,
+            description: "Physical address of PAGES pages reserved with memmap= for the PAT_WC flavour",
+        },
+    },
 }

@@ -4,20 +4,53 @@
 #  - a second view of a 16 MiB buffer: MREMAP_DUP vs mmap(fd)+MAP_POPULATE
 #    vs memcpy to a shadow buffer, on the patched kernel;
 #  - fork() cost on the patched vs the unpatched kernel (the series threads a
-#    destination address through fork's copy_pte_range()).
-# Under TCG absolute times mean little; the ratios are what to read.
+#    destination address through fork's copy_pte_range()): BENCH_BOOTS
+#    (default 3) boots of each kernel, alternating, each giving the median of
+#    21 forks; the patched/unpatched ratio of the medians is compared with
+#    the spread between boots of one kernel, which is the noise floor.
+# Under TCG absolute times mean little; the ratios are what to read. Run it
+# on an otherwise idle machine: a build next to it skews whichever boot it
+# overlaps.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+boots=${BENCH_BOOTS:-3}
 "$REPO/scripts/setup.sh"
 "$REPO/scripts/fetch-kernel.sh"
 "$REPO/scripts/build-kernel.sh" patched
 "$REPO/scripts/build-kernel.sh" unpatched
+"$REPO/scripts/build-module.sh" patched >/dev/null
 cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
-"$REPO/scripts/boot.sh" patched bench "$CACHE/results/bench-patched"
-"$REPO/scripts/boot.sh" unpatched bench-fork "$CACHE/results/bench-unpatched"
+out=$CACHE/results/bench
+rm -rf "$out"
+mkdir -p "$out"
+"$REPO/scripts/boot.sh" patched bench "$out/view"
+for i in $(seq "$boots"); do
+	for k in patched unpatched; do
+		"$REPO/scripts/boot.sh" "$k" bench-fork "$out/fork-$k-$i"
+	done
+done
 echo
-cat "$CACHE/results/bench-patched/bench.txt"
-p=$(awk '/^fork with/{print $(NF-1)}' "$CACHE/results/bench-patched/bench.txt")
-u=$(awk '/^fork with/{print $(NF-1)}' "$CACHE/results/bench-unpatched/bench.txt")
-echo "fork: patched $p us, unpatched $u us, ratio patched/unpatched $(python3 -c "print(f'{$p/$u:.3f}')")"
+grep -v '^fork' "$out/view/bench.txt"
+python3 - "$out" "$boots" <<'EOF'
+import re, statistics, sys
+out, boots = sys.argv[1], int(sys.argv[2])
+med = {}
+for k in ("patched", "unpatched"):
+    med[k] = []
+    for i in range(1, boots + 1):
+        text = open(f"{out}/fork-{k}-{i}/bench.txt").read()
+        med[k].append(float(re.search(r"^fork with.*median (\d+) us", text, re.M).group(1)))
+    print(f"fork medians, {k}: " + ", ".join(f"{m:.0f} us" for m in med[k]))
+p, u = statistics.median(med["patched"]), statistics.median(med["unpatched"])
+noise = max(max(v) / min(v) for v in med.values())
+ratio = p / u
+print(f"fork: patched {p:.0f} us, unpatched {u:.0f} us, ratio patched/unpatched {ratio:.3f}")
+print(f"boot-to-boot spread of one kernel (max/min of its medians): {noise:.3f}")
+if abs(ratio - 1) <= noise - 1:
+    print("fork: no difference beyond boot-to-boot noise")
+elif ratio > 1:
+    print("fork: patched SLOWER than boot-to-boot noise explains")
+else:
+    print("fork: patched faster than boot-to-boot noise explains")
+EOF

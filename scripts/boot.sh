@@ -26,7 +26,11 @@ qemu_opts='-device virtio-gpu-pci -device bochs-display -device qxl'
 # (ff11...), and turns lockdep off for the rest of the boot (toolchain.md
 # pitfalls; 6 of 9 boots here). 4-level paging is what the selftests were
 # written for; the report is not filtered, it just does not happen.
-kernel_args='no5lvl'
+#
+# memmap=1M$0x60000000 takes 1 MiB of the guest's RAM out of System RAM for
+# the test device's PAT_WC flavour: x86 PAT tracks remap_pfn_range() of
+# memory that is not RAM (guest-test.sh passes the address to the module).
+kernel_args='no5lvl memmap=1M$0x60000000'
 
 boot_once() {
 	local accel=$1 keep=${2:-} kvm_opt=()

@@ -2,10 +2,10 @@
 # SPDX-License-Identifier: GPL-2.0
 # check-series.sh [--build]: scripts/checkpatch.pl --strict on every patch of
 # patches/ (from inside the kernel tree, as it must run), and with --build,
-# that each patch builds on its own: the series is applied one patch at a
-# time on a scratch branch of the patched tree and the objects of the
-# directories each patch touches are rebuilt (plus tools/testing/vma when
-# the patch touches it).
+# that each patch builds on its own, warning-free: the series is applied one
+# patch at a time in a scratch worktree ($CACHE/check) and mm/ plus every
+# directory holding a C file the patch touches is rebuilt (and
+# tools/testing/vma is built and run when the patch touches it).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -22,23 +22,41 @@ while read -r p; do
 done <"$REPO/patches/series"
 
 if [ "${1:-}" = --build ]; then
+	# A scratch worktree and build dir next to the two trees ("../src" seen
+	# from out/, so ccache shares their objects), never the patched tree
+	# itself: its checkout and objects stay as the test run expects them.
+	check=$CACHE/check
 	[ -f "$TREE_PATCHED/out/.config" ] || "$REPO/scripts/build-kernel.sh" patched
-	head=$(git -C "$src" rev-parse HEAD)
-	git -C "$src" checkout -q -B check-series base
+	[ -d "$check/src" ] || git -C "$src" worktree add -q --detach "$check/src" base
+	git -C "$check/src" am --abort >/dev/null 2>&1 || true
+	git -C "$check/src" checkout -q -f --detach base
+	git -C "$check/src" clean -qfdx
+	mkdir -p "$check/out"
+	cp "$TREE_PATCHED/out/.config" "$check/out/.config"
+	kmake "$check" -s olddefconfig
 	while read -r p; do
-		git -C "$src" -c user.name=mremap-dup -c user.email=mremap-dup@localhost am -q "$REPO/patches/$p"
-		dirs=$(git -C "$src" show --name-only --format= HEAD | grep '\.[ch]$' |
-			grep -v '^tools/' | xargs -rn1 dirname | sort -u | sed 's|$|/|')
-		if [ -n "$dirs" ] && ! kmake "$TREE_PATCHED" -s -j"$(nproc)" $dirs; then
-			log "does not build: $p"
+		git -C "$check/src" -c user.name=mremap-dup -c user.email=mremap-dup@localhost \
+			am -q "$REPO/patches/$p"
+		# mm/ always (every patch is about it), plus the directory of
+		# every C file the patch touches.
+		dirs=$( (echo mm/x.c; git -C "$check/src" show --name-only --format= HEAD) |
+			grep '\.c$' | grep -v '^tools/' | xargs -rn1 dirname | sort -u | sed 's|$|/|')
+		logf=$check/build-${p%.patch}.log
+		if ! kmake "$check" -j"$(nproc)" $dirs >"$logf" 2>&1; then
+			log "does not build: $p (see $logf)"
 			fail=1
+		elif grep -q 'warning:' "$logf"; then
+			grep 'warning:' "$logf" >&2
+			log "builds with warnings: $p (see $logf)"
+			fail=1
+		else
+			log "builds warning-free ($(echo $dirs)): $p"
 		fi
-		if git -C "$src" show --name-only --format= HEAD | grep -q '^tools/testing/vma/'; then
-			make -s -C "$src/tools/testing/vma" -j"$(nproc)" >/dev/null && "$src/tools/testing/vma/vma" | tail -1 || fail=1
-			make -s -C "$src/tools/testing/vma" clean >/dev/null
+		if git -C "$check/src" show --name-only --format= HEAD | grep -q '^tools/testing/vma/'; then
+			make -s -C "$check/src/tools/testing/vma" -j"$(nproc)" >/dev/null &&
+				"$check/src/tools/testing/vma/vma" | tail -1 || fail=1
+			make -s -C "$check/src/tools/testing/vma" clean >/dev/null
 		fi
-		log "built: $p"
 	done <"$REPO/patches/series"
-	git -C "$src" checkout -q --detach "$head"
 fi
 exit $fail

@@ -65,7 +65,12 @@ for mod in mremap_dup_testdev mremap_dup_kunit; do
 			sleep 0.1
 		done
 	fi
-	insmod "$ko" >>"$results/insmod.txt" 2>&1 || echo "insmod $ko failed" >>"$results/insmod.txt"
+	args=()
+	# The PAT_WC flavour's memory: the region boot.sh reserved with
+	# memmap=<size>$<base> (not System RAM, so x86 PAT tracks its mappings).
+	pat_base=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^memmap=[^$]*\$//p' | head -1)
+	[ "$mod" = mremap_dup_testdev ] && [ -n "$pat_base" ] && args=("pat_base=$pat_base")
+	insmod "$ko" "${args[@]}" >>"$results/insmod.txt" 2>&1 || echo "insmod $ko failed" >>"$results/insmod.txt"
 done
 
 "$bin/mremap-dup-selftests" >"$results/selftests.ktap" 2>&1

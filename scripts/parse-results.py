@@ -129,8 +129,10 @@ def main():
             continue
         for i in range(int(m.group(2))):
             t.ok(f"host {name}: test {i + 1}")
+        # Name the failures where the log does ("not ok N what", lint.sh).
+        named = re.findall(r"^not ok \d+ (.*)$", text, re.M)
         for i in range(int(m.group(3))):
-            t.fail(f"host {name}: failed test {i + 1}")
+            t.fail(f"host {name}: " + (named[i] if i < len(named) else f"failed test {i + 1}"))
 
     boot = read("dmesg-boot.txt") or ""
     full = read("dmesg.txt")

@@ -43,7 +43,7 @@ EOF
 apt_packages() {
 	local pkgs=(
 		"rustc-web=$RUSTV" "libstd-rust-web-dev=$RUSTV" "libstd-rust-web-1.96=$RUSTV"
-		"rust-web-src=$RUSTV" "libllvm22=$LLVM22V"
+		"rust-web-src=$RUSTV" "rust-web-clippy=$RUSTV" "libllvm22=$LLVM22V"
 		clang-19 lld-19 llvm-19 libclang-19-dev
 		flex bison bc cpio libelf-dev libssl-dev dwarves ccache busybox-static kmod udev
 		git make python3 python3-venv liburcu-dev curl ca-certificates xz-utils gcc libc6-dev

@@ -44,6 +44,10 @@ if [ "$flavour" = patched ]; then
 	}
 	timed "VMA userland tests (host)" vma_tests || true
 	host_args+=(--host "vma-userland=$vmalog")
+	# Style: rustfmt/clippy of the Rust code, checkpatch of the series.
+	lintlog=$CACHE/results/lint.log
+	timed "lint (host)" "$REPO/scripts/lint.sh" "$lintlog" || true
+	host_args+=(--host "lint=$lintlog")
 fi
 
 timed "Rust test device module ($flavour)" "$REPO/scripts/build-module.sh" "$flavour" ||
@@ -56,5 +60,5 @@ timed "guest run ($flavour)" "$REPO/scripts/boot.sh" "$flavour" test "$results"
 log "results in $results; whole run took $(( $(date +%s) - start )) s"
 echo
 # The KUnit suite of kernel-rust/ must have run: where it did not build or
-# load (the pristine kernel), each of its 3 cases is a failure.
-python3 "$REPO/scripts/parse-results.py" "$results" --expect-kunit mremap_dup:3 "${host_args[@]}"
+# load (the pristine kernel), each of its 4 cases is a failure.
+python3 "$REPO/scripts/parse-results.py" "$results" --expect-kunit mremap_dup:4 "${host_args[@]}"

@@ -8,8 +8,17 @@
 //! carries the uapi structures and ioctl numbers, rather than hand-written
 //! numbers. A card that is missing is a failure, not a skip: the test run
 //! always brings all four up.
+//!
+//! QXL dumb buffers live in TTM's system domain; VRAM (a PCI BAR, as on
+//! amdgpu or nouveau) takes QXL's own ioctls, `DRM_IOCTL_QXL_ALLOC` (always
+//! the VRAM domain) and `DRM_IOCTL_QXL_MAP`, which `drm-ffi` does not carry:
+//! they are declared here from `include/uapi/drm/qxl_drm.h` with nix's ioctl
+//! macros. The VRAM test overcommits VRAM so that TTM must evict the
+//! duplicated BO, and checks that both mappings were zapped and refault to
+//! the BO's new place with its contents.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{fence, Ordering};
 
 use nix::errno::Errno;
 
@@ -110,6 +119,146 @@ fn qxl_buffers() -> Option<usize> {
         }
     }
     None
+}
+
+/// `struct drm_qxl_alloc` (include/uapi/drm/qxl_drm.h).
+#[repr(C)]
+struct QxlAlloc {
+    size: u32,
+    handle: u32,
+}
+
+/// `struct drm_qxl_map` (include/uapi/drm/qxl_drm.h).
+#[repr(C)]
+struct QxlMap {
+    offset: u64,
+    handle: u32,
+    pad: u32,
+}
+
+// DRM_IOCTL_BASE 'd', DRM_COMMAND_BASE 0x40, DRM_QXL_ALLOC 0, DRM_QXL_MAP 1.
+nix::ioctl_readwrite!(qxl_alloc_ioctl, b'd', 0x40, QxlAlloc);
+nix::ioctl_readwrite!(qxl_map_ioctl, b'd', 0x41, QxlMap);
+
+/// A QXL BO in the VRAM domain: (handle, mmap offset).
+fn qxl_alloc_vram(fd: &OwnedFd, size: usize) -> Result<(u32, u64), Failure> {
+    let mut alloc = QxlAlloc {
+        size: size as u32,
+        handle: 0,
+    };
+    // SAFETY: DRM_IOCTL_QXL_ALLOC reads and writes a struct drm_qxl_alloc.
+    unsafe { qxl_alloc_ioctl(fd.as_raw_fd(), &mut alloc) }
+        .ctx(&format!("DRM_IOCTL_QXL_ALLOC of {size} bytes of VRAM"))?;
+    let mut map = QxlMap {
+        offset: 0,
+        handle: alloc.handle,
+        pad: 0,
+    };
+    // SAFETY: DRM_IOCTL_QXL_MAP reads and writes a struct drm_qxl_map.
+    unsafe { qxl_map_ioctl(fd.as_raw_fd(), &mut map) }.ctx("DRM_IOCTL_QXL_MAP")?;
+    Ok((alloc.handle, map.offset))
+}
+
+/// QXL's VRAM manager, from debugfs `qxl_mem_mm`: (total, used) in pages.
+fn qxl_vram_pages() -> Result<(usize, usize), Failure> {
+    let dir = std::fs::read_dir("/sys/kernel/debug/dri").ctx("/sys/kernel/debug/dri")?;
+    for e in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path().join("qxl_mem_mm")) else {
+            continue;
+        };
+        // drm_mm_print(): "total: T, used U free F"
+        let line = text.lines().find(|l| l.starts_with("total:"));
+        let nums: Vec<usize> = line
+            .unwrap_or_default()
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [total, used, _free] = nums[..] {
+            return Ok((total, used));
+        }
+        return Err(Failure::Fail(format!("qxl_mem_mm: no totals in {text:?}")));
+    }
+    Err(Failure::Fail(
+        "no qxl_mem_mm in /sys/kernel/debug/dri".into(),
+    ))
+}
+
+/// A QXL VRAM BO, duplicated below 4 GiB, evicted by overcommitting VRAM:
+/// TTM zaps both mappings (the duplicate is in the file's i_mmap like the
+/// original) and both refault to the BO's system-memory copy.
+fn drm_qxl_vram_eviction() -> TestResult {
+    require_dup()?;
+    let fd = open_card("qxl")?;
+    let (total, used0) = qxl_vram_pages()?;
+    // Two BOs of more than half of VRAM cannot be resident together.
+    let pages = total / 2 + 1;
+    let size = pages * page();
+    let (a, a_off) = qxl_alloc_vram(&fd, size)?;
+    let orig = map(
+        0,
+        size,
+        RW,
+        libc::MAP_SHARED,
+        fd.as_raw_fd(),
+        a_off as usize,
+    )
+    .ctx("mmap of the QXL VRAM BO")?;
+    let res = reserve(pages, true)?;
+    let dup = dup_raw(orig.addr, size, size, F::DUP | F::FIXED, res.addr)
+        .ctx("qxl: DUP|FIXED of a VRAM BO")?;
+    fill(orig.addr, pages, 31);
+    fence(Ordering::SeqCst);
+    verify(
+        "qxl VRAM: write via original, read via duplicate",
+        dup,
+        pages,
+        31,
+        0,
+    )?;
+    let (_, used_a) = qxl_vram_pages()?;
+    check!(
+        used_a >= used0 + pages,
+        "qxl: the BO is not in VRAM ({used0} -> {used_a} of {total} pages used, BO {pages} pages)"
+    );
+
+    // A second such BO: TTM must evict the first (VRAM only, no fallback).
+    let (b, b_off) = qxl_alloc_vram(&fd, size)?;
+    let (_, used_b) = qxl_vram_pages()?;
+    check!(
+        used_b < used_a + pages,
+        "qxl: the first BO was not evicted ({used_a} -> {used_b} of {total} pages used)"
+    );
+    // The second BO now holds the VRAM the first one had: fill it, so that a
+    // stale entry left in either mapping would read the wrong pattern.
+    let other = map(
+        0,
+        size,
+        RW,
+        libc::MAP_SHARED,
+        fd.as_raw_fd(),
+        b_off as usize,
+    )
+    .ctx("mmap of the second QXL VRAM BO")?;
+    fill(other.addr, pages, 33);
+    fence(Ordering::SeqCst);
+    verify("qxl VRAM after eviction: duplicate", dup, pages, 31, 0)?;
+    verify("qxl VRAM after eviction: original", orig.addr, pages, 31, 0)?;
+    fill(dup, pages, 32);
+    fence(Ordering::SeqCst);
+    verify(
+        "qxl VRAM after eviction: write via duplicate, read via original",
+        orig.addr,
+        pages,
+        32,
+        0,
+    )?;
+    verify("qxl VRAM: the second BO", other.addr, pages, 33, 0)?;
+    drop(other);
+    drop(res);
+    drop(orig);
+    drm_ffi::gem::close(fd.as_fd(), b).ctx("DRM_IOCTL_GEM_CLOSE")?;
+    drm_ffi::gem::close(fd.as_fd(), a).ctx("DRM_IOCTL_GEM_CLOSE")?;
+    Ok(())
 }
 
 /// How the test sees that a BO was freed.
@@ -283,4 +432,5 @@ pub const TESTS: &[Test] = crate::tests![
     drm_virtio_gpu_dumb_buffer,
     drm_bochs_dumb_buffer,
     drm_qxl_dumb_buffer,
+    drm_qxl_vram_eviction,
 ];

@@ -2,9 +2,14 @@
 
 //! MREMAP_DUP of each device mapping flavour of the Rust test device
 //! (kernel-rust/mremap_dup_testdev.rs): PTE content and vm_ops open/close
-//! balance, and VM_DONTCOPY refused.
+//! balance, VM_DONTCOPY refused, and x86 PAT tracking of a write-combining
+//! remap_pfn_range() of non-RAM shared by the duplicate, not taken twice
+//! and not dropped early: `/sys/kernel/debug/x86/pat_memtype_list` has one
+//! entry for both mappings and none after both are unmapped, in either
+//! order.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{fence, Ordering};
 
 use nix::errno::Errno;
 
@@ -21,6 +26,8 @@ const REMAP_PFN: usize = 0;
 const FAULT_PFN: usize = 1;
 const MIXED: usize = 2;
 const DONTCOPY: usize = 3;
+const PAT_WC: usize = 4;
+const PAT_LIST: &str = "/sys/kernel/debug/x86/pat_memtype_list";
 
 fn open_dev() -> Result<OwnedFd, Failure> {
     let f = std::fs::OpenOptions::new()
@@ -88,11 +95,14 @@ fn flavour_dup(flavour: usize, name: &str) -> TestResult {
     );
     check_magic(&format!("{name}: duplicate"), dup)?;
     poke(orig.addr + 8, 0x1234);
+    // Write-combining (PAT_WC) stores may sit in a WC buffer: flush them.
+    fence(Ordering::SeqCst);
     check!(
         peek(dup + 8) == 0x1234,
         "{name}: write via original not seen via duplicate"
     );
     poke(dup + page() + 8, 0x5678);
+    fence(Ordering::SeqCst);
     check!(
         peek(orig.addr + page() + 8) == 0x5678,
         "{name}: write via duplicate not seen via original"
@@ -117,6 +127,118 @@ fn testdev_fault_pfn() -> TestResult {
 
 fn testdev_mixedmap_copied() -> TestResult {
     flavour_dup(MIXED, "vm_insert_page (VM_MIXEDMAP)")
+}
+
+fn testdev_pat_wc() -> TestResult {
+    flavour_dup(
+        PAT_WC,
+        "remap_pfn_range of the whole VMA, non-RAM, write-combining",
+    )
+}
+
+/// The physical range of the PAT_WC flavour's memory: the region the boot
+/// reserved with `memmap=<size>$<base>` (scripts/boot.sh), which
+/// scripts/guest-test.sh passes to the module.
+fn pat_region() -> Result<(u64, u64), Failure> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ctx("/proc/cmdline")?;
+    let parse = |size: &str, base: &str| {
+        let mult = match size.chars().last()? {
+            'K' => 1 << 10,
+            'M' => 1 << 20,
+            'G' => 1 << 30,
+            _ => return None,
+        };
+        let size: u64 = size[..size.len() - 1].parse().ok()?;
+        let base = u64::from_str_radix(base.strip_prefix("0x")?, 16).ok()?;
+        Some((base, base + size * mult))
+    };
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| {
+            let (size, base) = arg.strip_prefix("memmap=")?.split_once('$')?;
+            parse(size, base)
+        })
+        .ok_or_else(|| {
+            Failure::Fail(format!(
+                "no memmap=<size>$<base> in /proc/cmdline: {cmdline}"
+            ))
+        })
+}
+
+/// The entries of the PAT memtype list inside the PAT_WC region (the rest
+/// of the list changes with other drivers' ioremap()s).
+fn pat_entries((start, end): (u64, u64)) -> Result<Vec<String>, Failure> {
+    let text =
+        std::fs::read_to_string(PAT_LIST).ctx(&format!("{PAT_LIST} (debugfs, CONFIG_X86_PAT)"))?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            let from = l.split("[mem 0x").nth(1).and_then(|r| r.split('-').next());
+            from.and_then(|a| u64::from_str_radix(a, 16).ok())
+                .is_some_and(|a| start <= a && a < end)
+        })
+        .map(String::from)
+        .collect())
+}
+
+/// The PAT_WC mapping is tracked once (one write-combining entry in the
+/// PAT memtype list), the duplicate shares that tracking, unmapping
+/// `first` of the two keeps it for the other, and unmapping both removes it.
+fn pat_tracking(orig_first: bool) -> TestResult {
+    require_dup()?;
+    let fd = open_dev()?;
+    let region = pat_region()?;
+    let base = pat_entries(region)?;
+    check!(
+        base.is_empty(),
+        "{PAT_LIST}: the PAT_WC region is tracked before the test maps it: {base:?}"
+    );
+    let orig = map_flavour(&fd, PAT_WC)?;
+    let tracked = pat_entries(region)?;
+    check!(
+        tracked.len() == 1 && tracked[0].contains("write-combining"),
+        "mmap of the PAT_WC flavour: expected one new write-combining entry, got {tracked:?}"
+    );
+    let res = reserve(PAGES, true)?;
+    dup_raw(orig.addr, orig.len, orig.len, F::DUP | F::FIXED, res.addr)
+        .ctx("DUP|FIXED of the PAT_WC mapping")?;
+    let now = pat_entries(region)?;
+    check!(
+        now == tracked,
+        "after DUP: new entries {now:?}, expected the original's {tracked:?} only (shared tracking)"
+    );
+    let (first, second, names) = if orig_first {
+        (orig, res, ["original", "duplicate"])
+    } else {
+        (res, orig, ["duplicate", "original"])
+    };
+    drop(first);
+    let now = pat_entries(region)?;
+    check!(
+        now == tracked,
+        "after munmap of the {}: new entries {now:?}, expected {tracked:?} kept for the {}",
+        names[0],
+        names[1]
+    );
+    check_magic(
+        &format!("{} after munmap of the {}", names[1], names[0]),
+        second.addr,
+    )?;
+    drop(second);
+    let now = pat_entries(region)?;
+    check!(
+        now.is_empty(),
+        "after munmap of both mappings: {now:?} left in {PAT_LIST}"
+    );
+    Ok(())
+}
+
+fn testdev_pat_untracked_original_first() -> TestResult {
+    pat_tracking(true)
+}
+
+fn testdev_pat_untracked_duplicate_first() -> TestResult {
+    pat_tracking(false)
 }
 
 /// A DUP of `flavour` (`addr`, `len` within a fresh mapping of it) must fail
@@ -167,6 +289,9 @@ pub const TESTS: &[Test] = crate::tests![
     testdev_remap_pfn_copied,
     testdev_fault_pfn,
     testdev_mixedmap_copied,
+    testdev_pat_wc,
+    testdev_pat_untracked_original_first,
+    testdev_pat_untracked_duplicate_first,
     testdev_dontcopy_refused,
     testdev_subrange_refused,
 ];
