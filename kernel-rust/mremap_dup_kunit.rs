@@ -2,8 +2,9 @@
 
 //! KUnit tests of mremap() MREMAP_DUP that check, inside the kernel, what
 //! userspace cannot see: the duplicate VMA's file, flags and vm_pgoff, its
-//! PFNs, the owner's open/close calls, and that a refused call leaves the VMA
-//! tree as it was.
+//! PFNs, the owner's open/close calls, the x86 PAT tracking context it
+//! shares (one more kref, the same context), and that a refused call leaves
+//! the VMA tree and the counts as they were.
 //!
 //! The tests run in KUnit's kthread with a user mm attached by
 //! `kunit_vm_mmap()`, and call mremap() there through `kunit_mremap()`, which
@@ -67,6 +68,8 @@ mod tests {
     const FLAVOUR_STRIDE: usize = 256;
     const GET_OPENS: u32 = kernel::ioctl::_IO('D' as u32, 1);
     const GET_CLOSES: u32 = kernel::ioctl::_IO('D' as u32, 2);
+    const REMAP_PFN: usize = 0;
+    const DONTCOPY: usize = 3;
     const PAT_WC: usize = 4;
 
     fn is_err(v: usize) -> bool {
@@ -319,6 +322,61 @@ mod tests {
         assert_eq!(pfnmap_track_at(addr), (ctx, 1));
         // SAFETY: drops the reference filp_open() returned; the mapping keeps
         // its own.
+        unsafe { bindings::fput(file) };
+    }
+
+    #[test]
+    fn refused_device_dup_leaves_vma_tree_and_counts_unchanged() {
+        let file = open_testdev();
+        let len = TESTDEV_PAGES * PAGE_SIZE;
+        let dontcopy = vm_mmap(
+            file,
+            len,
+            PROT_RW,
+            MAP_SHARED,
+            DONTCOPY * FLAVOUR_STRIDE * PAGE_SIZE,
+        );
+        let remap = vm_mmap(
+            file,
+            len,
+            PROT_RW,
+            MAP_SHARED,
+            REMAP_PFN * FLAVOUR_STRIDE * PAGE_SIZE,
+        );
+        let dst = vm_mmap(
+            core::ptr::null_mut(),
+            len,
+            PROT_NONE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            0,
+        );
+        assert!(!is_err(dontcopy) && !is_err(remap) && !is_err(dst));
+        let counts = |f| {
+            (
+                testdev_count(file, GET_OPENS, f),
+                testdev_count(file, GET_CLOSES, f),
+            )
+        };
+        let (c_dontcopy, c_remap) = (counts(DONTCOPY), counts(REMAP_PFN));
+        let before = vma_tree();
+        // VM_DONTCOPY, and part of a device mapping (vm_pgoff-derived faults).
+        assert_eq!(
+            mremap(dontcopy, len, MREMAP_DUP | MREMAP_FIXED, dst),
+            EINVAL.wrapping_neg()
+        );
+        assert_eq!(
+            mremap(remap + PAGE_SIZE, PAGE_SIZE, MREMAP_DUP | MREMAP_FIXED, dst),
+            EINVAL.wrapping_neg()
+        );
+        assert_eq!(
+            mremap(remap, PAGE_SIZE, MREMAP_DUP, 0),
+            EINVAL.wrapping_neg()
+        );
+        assert!(vma_tree()[..] == before[..]);
+        assert_eq!(counts(DONTCOPY), c_dontcopy);
+        assert_eq!(counts(REMAP_PFN), c_remap);
+        // SAFETY: drops the reference filp_open() returned; the mappings keep
+        // their own.
         unsafe { bindings::fput(file) };
     }
 

@@ -5,16 +5,19 @@
 #    vs memcpy to a shadow buffer, on the patched kernel;
 #  - fork() cost on the patched vs the unpatched kernel (the series threads a
 #    destination address through fork's copy_pte_range()): BENCH_BOOTS
-#    (default 3) boots of each kernel, alternating, each giving the median of
-#    21 forks; the patched/unpatched ratio of the medians is compared with
-#    the spread between boots of one kernel, which is the noise floor.
-# Under TCG absolute times mean little; the ratios are what to read. Run it
-# on an otherwise idle machine: a build next to it skews whichever boot it
-# overlaps.
+#    (default 2) boots of each kernel, alternating, each giving the median of
+#    21 fork() calls; the patched/unpatched ratio of the medians is compared
+#    with the spread between boots of one kernel, which is the noise floor.
+# The guests run under TCG with -icount shift=0: the guest clock advances by
+# one nanosecond per instruction executed, so guest-measured times count
+# instructions and do not depend on the host's load (under plain TCG the
+# same fork varied 1.8x between boots). Absolute times mean little; the
+# ratios are what to read.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-boots=${BENCH_BOOTS:-3}
+boots=${BENCH_BOOTS:-2}
+export BOOT_QEMU_OPTS='-icount shift=0'
 "$REPO/scripts/setup.sh"
 "$REPO/scripts/fetch-kernel.sh"
 "$REPO/scripts/build-kernel.sh" patched
@@ -40,7 +43,7 @@ for k in ("patched", "unpatched"):
     med[k] = []
     for i in range(1, boots + 1):
         text = open(f"{out}/fork-{k}-{i}/bench.txt").read()
-        med[k].append(float(re.search(r"^fork with.*median (\d+) us", text, re.M).group(1)))
+        med[k].append(float(re.search(r"^fork.*median (\d+) us", text, re.M).group(1)))
     print(f"fork medians, {k}: " + ", ".join(f"{m:.0f} us" for m in med[k]))
 p, u = statistics.median(med["patched"]), statistics.median(med["unpatched"])
 noise = max(max(v) / min(v) for v in med.values())

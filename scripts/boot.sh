@@ -19,7 +19,8 @@ tree=$(tree_for "$flavour")
 kernel=$tree/out/arch/x86/boot/bzImage
 [ -f "$kernel" ] || die "no kernel at $kernel: run scripts/build-kernel.sh $flavour"
 accel_file=$CACHE/accel
-qemu_opts='-device virtio-gpu-pci -device bochs-display -device qxl'
+# BOOT_QEMU_OPTS: more QEMU options (scripts/bench.sh: -icount).
+qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl ${BOOT_QEMU_OPTS:-}"
 # no5lvl: under TCG vng uses -cpu max, which has LA57, and the unpatched
 # 7.2.13 KASAN kernel then often reports a "wild-memory-access" in
 # handle_edge_irq() at 0.005 s, on an address of the 5-level direct map

@@ -215,9 +215,11 @@ fn drm_qxl_vram_eviction() -> TestResult {
         31,
         0,
     )?;
+    // QXL_ALLOC places BOs in VRAM only (no fallback domain), evicting
+    // other unpinned BOs if it must (the delta from used0 may be smaller).
     let (_, used_a) = qxl_vram_pages()?;
     check!(
-        used_a >= used0 + pages,
+        used_a >= pages,
         "qxl: the BO is not in VRAM ({used0} -> {used_a} of {total} pages used, BO {pages} pages)"
     );
 
