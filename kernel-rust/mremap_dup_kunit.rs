@@ -99,6 +99,23 @@ mod tests {
         }
     }
 
+    /// Anonymous memory in the test's user mm (an address or an errno).
+    fn map_anon(len: usize, prot: usize, flags: usize) -> usize {
+        vm_mmap(core::ptr::null_mut(), len, prot, flags | MAP_ANONYMOUS, 0)
+    }
+
+    /// A whole shared mapping of the test device's `flavour`.
+    fn map_flavour(file: *mut bindings::file, flavour: usize) -> usize {
+        let len = TESTDEV_PAGES * PAGE_SIZE;
+        vm_mmap(
+            file,
+            len,
+            PROT_RW,
+            MAP_SHARED,
+            flavour * FLAVOUR_STRIDE * PAGE_SIZE,
+        )
+    }
+
     fn mremap(addr: usize, len: usize, flags: usize, new_addr: usize) -> usize {
         // SAFETY: acts on current->mm, the test's own user mm.
         unsafe { kunit_mremap(addr, len, len, flags, new_addr) }
@@ -175,13 +192,7 @@ mod tests {
     #[test]
     fn shmem_dup_same_file_flags_offset() {
         let len = 8 * PAGE_SIZE;
-        let addr = vm_mmap(
-            core::ptr::null_mut(),
-            len,
-            PROT_RW,
-            MAP_SHARED | MAP_ANONYMOUS,
-            0,
-        );
+        let addr = map_anon(len, PROT_RW, MAP_SHARED);
         assert!(!is_err(addr));
         let dup = mremap(addr + 2 * PAGE_SIZE, 3 * PAGE_SIZE, MREMAP_DUP, 0);
         assert!(!is_err(dup));
@@ -199,27 +210,9 @@ mod tests {
     #[test]
     fn refused_dup_leaves_vma_tree_unchanged() {
         let len = 4 * PAGE_SIZE;
-        let private = vm_mmap(
-            core::ptr::null_mut(),
-            len,
-            PROT_RW,
-            MAP_PRIVATE | MAP_ANONYMOUS,
-            0,
-        );
-        let dst = vm_mmap(
-            core::ptr::null_mut(),
-            len,
-            PROT_NONE,
-            MAP_PRIVATE | MAP_ANONYMOUS,
-            0,
-        );
-        let shared = vm_mmap(
-            core::ptr::null_mut(),
-            2 * len,
-            PROT_RW,
-            MAP_SHARED | MAP_ANONYMOUS,
-            0,
-        );
+        let private = map_anon(len, PROT_RW, MAP_PRIVATE);
+        let dst = map_anon(len, PROT_NONE, MAP_PRIVATE);
+        let shared = map_anon(2 * len, PROT_RW, MAP_SHARED);
         assert!(!is_err(private) && !is_err(dst) && !is_err(shared));
         let before = vma_tree();
         assert_eq!(
@@ -286,13 +279,7 @@ mod tests {
     fn testdev_pat_tracking_shared_by_kref() {
         let file = open_testdev();
         let len = TESTDEV_PAGES * PAGE_SIZE;
-        let addr = vm_mmap(
-            file,
-            len,
-            PROT_RW,
-            MAP_SHARED,
-            PAT_WC * FLAVOUR_STRIDE * PAGE_SIZE,
-        );
+        let addr = map_flavour(file, PAT_WC);
         assert!(!is_err(addr));
         // remap_pfn_range() of the whole VMA: tracked, one reference.
         let (ctx, refs) = pfnmap_track_at(addr);
@@ -304,13 +291,7 @@ mod tests {
         assert_eq!(pfnmap_track_at(dup), (ctx, 2));
         assert_eq!(pfnmap_track_at(addr), (ctx, 2));
         // A refused DUP (part of a device mapping) takes no reference.
-        let dst = vm_mmap(
-            core::ptr::null_mut(),
-            PAGE_SIZE,
-            PROT_NONE,
-            MAP_PRIVATE | MAP_ANONYMOUS,
-            0,
-        );
+        let dst = map_anon(PAGE_SIZE, PROT_NONE, MAP_PRIVATE);
         assert!(!is_err(dst));
         assert_eq!(
             mremap(addr, PAGE_SIZE, MREMAP_DUP | MREMAP_FIXED, dst),
@@ -329,27 +310,9 @@ mod tests {
     fn refused_device_dup_leaves_vma_tree_and_counts_unchanged() {
         let file = open_testdev();
         let len = TESTDEV_PAGES * PAGE_SIZE;
-        let dontcopy = vm_mmap(
-            file,
-            len,
-            PROT_RW,
-            MAP_SHARED,
-            DONTCOPY * FLAVOUR_STRIDE * PAGE_SIZE,
-        );
-        let remap = vm_mmap(
-            file,
-            len,
-            PROT_RW,
-            MAP_SHARED,
-            REMAP_PFN * FLAVOUR_STRIDE * PAGE_SIZE,
-        );
-        let dst = vm_mmap(
-            core::ptr::null_mut(),
-            len,
-            PROT_NONE,
-            MAP_PRIVATE | MAP_ANONYMOUS,
-            0,
-        );
+        let dontcopy = map_flavour(file, DONTCOPY);
+        let remap = map_flavour(file, REMAP_PFN);
+        let dst = map_anon(len, PROT_NONE, MAP_PRIVATE);
         assert!(!is_err(dontcopy) && !is_err(remap) && !is_err(dst));
         let counts = |f| {
             (
@@ -385,13 +348,7 @@ mod tests {
         let file = open_testdev();
         let len = TESTDEV_PAGES * PAGE_SIZE;
         for flavour in 0..3usize {
-            let addr = vm_mmap(
-                file,
-                len,
-                PROT_RW,
-                MAP_SHARED,
-                flavour * FLAVOUR_STRIDE * PAGE_SIZE,
-            );
+            let addr = map_flavour(file, flavour);
             assert!(!is_err(addr));
             let orig = read_user(addr, len);
             let opens = testdev_count(file, GET_OPENS, flavour);

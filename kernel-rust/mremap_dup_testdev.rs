@@ -24,7 +24,8 @@
 //! the whole VMA, of memory that is not System RAM. Its memory is
 //! [`PAGES`] pages at physical address `pat_base`, which the boot reserves
 //! with `memmap=<size>$<pat_base>`; without the parameter that flavour's
-//! mmap fails with `ENODEV`.
+//! mmap fails with `ENODEV`. The `GET_PAT_BASE` ioctl returns `pat_base`
+//! (`ENODEV` without it), so that tests find the region's PAT entries.
 //!
 //! `VmaNew` offers `VM_MIXEDMAP` and `vm_insert_page()` but nothing for
 //! `VM_PFNMAP`, `remap_pfn_range()`, `vmf_insert_pfn()`, `vm_private_data`
@@ -61,6 +62,7 @@ const FLAVOURS: usize = 5;
 
 const GET_OPENS: u32 = _IO('D' as u32, 1);
 const GET_CLOSES: u32 = _IO('D' as u32, 2);
+const GET_PAT_BASE: u32 = _IO('D' as u32, 3);
 
 static OPENS: [AtomicUsize; FLAVOURS] = [const { AtomicUsize::new(0) }; FLAVOURS];
 static CLOSES: [AtomicUsize; FLAVOURS] = [const { AtomicUsize::new(0) }; FLAVOURS];
@@ -315,6 +317,10 @@ impl MiscDevice for TestDev {
         let counts = match cmd {
             GET_OPENS => &OPENS,
             GET_CLOSES => &CLOSES,
+            GET_PAT_BASE => {
+                let pfn = pat_pfn().ok_or(ENODEV)?;
+                return Ok((pfn << bindings::PAGE_SHIFT) as isize);
+            }
             _ => return Err(ENOTTY),
         };
         let c = counts.get(arg).ok_or(EINVAL)?;

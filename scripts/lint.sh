@@ -1,8 +1,9 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # lint.sh [LOG]: the style checks a reviewer would run, each one a line of
-# LOG ("ok"/"not ok"), ending with "N tests run, N passed, N failed" as
-# parse-results.py reads host logs:
+# LOG ("ok"/"not ok"; default $CACHE/results/lint.log, the tools' output in
+# LOG.out), ending with "N tests run, N passed, N failed" as parse-results.py
+# reads host logs:
 #  - cargo fmt --check and cargo clippy -D warnings on the userspace crates;
 #  - rustfmt --check on kernel-rust/ (the kernel's clippy lints run when
 #    scripts/build-module.sh builds it, with CLIPPY=1);
@@ -10,7 +11,8 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
-logf=${1:-/dev/stdout}
+logf=${1:-$CACHE/results/lint.log}
+mkdir -p "$(dirname "$logf")"
 : >"$logf"
 run=0 passed=0
 lint() {
@@ -31,4 +33,5 @@ lint "cargo clippy -D warnings" cargo clippy --release --quiet --manifest-path "
 lint "rustfmt --check kernel-rust" rustfmt --check --edition 2021 "$REPO"/kernel-rust/*.rs
 lint "checkpatch --strict patches/" "$REPO/scripts/check-series.sh"
 echo "$run tests run, $passed passed, $((run - passed)) failed." >>"$logf"
+cat "$logf"
 [ "$passed" = "$run" ]

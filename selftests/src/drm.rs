@@ -83,16 +83,21 @@ fn create_dumb(fd: &OwnedFd, width: u32, height: u32) -> Result<DumbBuffer, Fail
     })
 }
 
-fn map_dumb(fd: &OwnedFd, bo: &DumbBuffer) -> Result<Mapping, Failure> {
+/// A shared read-write mapping of the BO at mmap offset `offset` of `fd`.
+fn map_bo(fd: &OwnedFd, size: usize, offset: u64, what: &str) -> Result<Mapping, Failure> {
     map(
         0,
-        bo.size,
+        size,
         RW,
         libc::MAP_SHARED,
         fd.as_raw_fd(),
-        bo.offset as usize,
+        offset as usize,
     )
-    .ctx("mmap of the dumb buffer")
+    .ctx(&format!("mmap of {what}"))
+}
+
+fn map_dumb(fd: &OwnedFd, bo: &DumbBuffer) -> Result<Mapping, Failure> {
+    map_bo(fd, bo.size, bo.offset, "the dumb buffer")
 }
 
 /// Shmem pages in use, in kB (where shmem-helper BOs live).
@@ -194,15 +199,7 @@ fn drm_qxl_vram_eviction() -> TestResult {
     let pages = total / 2 + 1;
     let size = pages * page();
     let (a, a_off) = qxl_alloc_vram(&fd, size)?;
-    let orig = map(
-        0,
-        size,
-        RW,
-        libc::MAP_SHARED,
-        fd.as_raw_fd(),
-        a_off as usize,
-    )
-    .ctx("mmap of the QXL VRAM BO")?;
+    let orig = map_bo(&fd, size, a_off, "the QXL VRAM BO")?;
     let res = reserve(pages, true)?;
     let dup = dup_raw(orig.addr, size, size, F::DUP | F::FIXED, res.addr)
         .ctx("qxl: DUP|FIXED of a VRAM BO")?;
@@ -232,15 +229,7 @@ fn drm_qxl_vram_eviction() -> TestResult {
     );
     // The second BO now holds the VRAM the first one had: fill it, so that a
     // stale entry left in either mapping would read the wrong pattern.
-    let other = map(
-        0,
-        size,
-        RW,
-        libc::MAP_SHARED,
-        fd.as_raw_fd(),
-        b_off as usize,
-    )
-    .ctx("mmap of the second QXL VRAM BO")?;
+    let other = map_bo(&fd, size, b_off, "the second QXL VRAM BO")?;
     fill(other.addr, pages, 33);
     fence(Ordering::SeqCst);
     verify("qxl VRAM after eviction: duplicate", dup, pages, 31, 0)?;

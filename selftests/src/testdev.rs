@@ -38,19 +38,24 @@ fn open_dev() -> Result<OwnedFd, Failure> {
     Ok(f.into())
 }
 
+/// The device's `_IO('D', nr)` ioctl with integer `arg`: its result (-1 on
+/// error). The raw syscall, since ioctl(3) truncates the result to an int
+/// and `GET_PAT_BASE` returns a physical address.
+fn ioctl_none(fd: &OwnedFd, nr: u64, arg: usize) -> isize {
+    // SAFETY: the device's ioctls take an integer and write nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            fd.as_raw_fd(),
+            nix::request_code_none!(b'D', nr),
+            arg,
+        ) as isize
+    }
+}
+
 /// (opens, closes) counted by the device for `flavour`.
 fn counts(fd: &OwnedFd, flavour: usize) -> (isize, isize) {
-    let get = |nr: u64| {
-        // SAFETY: the device's count ioctls take an integer and write nothing.
-        unsafe {
-            libc::ioctl(
-                fd.as_raw_fd(),
-                nix::request_code_none!(b'D', nr) as _,
-                flavour,
-            ) as isize
-        }
-    };
-    (get(1), get(2))
+    (ioctl_none(fd, 1, flavour), ioctl_none(fd, 2, flavour))
 }
 
 fn map_flavour(fd: &OwnedFd, flavour: usize) -> Result<Mapping, Failure> {
@@ -136,33 +141,15 @@ fn testdev_pat_wc() -> TestResult {
     )
 }
 
-/// The physical range of the PAT_WC flavour's memory: the region the boot
-/// reserved with `memmap=<size>$<base>` (scripts/boot.sh), which
-/// scripts/guest-test.sh passes to the module.
-fn pat_region() -> Result<(u64, u64), Failure> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").ctx("/proc/cmdline")?;
-    let parse = |size: &str, base: &str| {
-        let mult = match size.chars().last()? {
-            'K' => 1 << 10,
-            'M' => 1 << 20,
-            'G' => 1 << 30,
-            _ => return None,
-        };
-        let size: u64 = size[..size.len() - 1].parse().ok()?;
-        let base = u64::from_str_radix(base.strip_prefix("0x")?, 16).ok()?;
-        Some((base, base + size * mult))
-    };
-    cmdline
-        .split_whitespace()
-        .find_map(|arg| {
-            let (size, base) = arg.strip_prefix("memmap=")?.split_once('$')?;
-            parse(size, base)
-        })
-        .ok_or_else(|| {
-            Failure::Fail(format!(
-                "no memmap=<size>$<base> in /proc/cmdline: {cmdline}"
-            ))
-        })
+/// The physical range of the PAT_WC flavour's memory, as the device reports
+/// it (`GET_PAT_BASE`: the `memmap=` region scripts/boot.sh reserves).
+fn pat_region(fd: &OwnedFd) -> Result<(u64, u64), Failure> {
+    let base = ioctl_none(fd, 3, 0);
+    check!(
+        base > 0,
+        "GET_PAT_BASE: {base}: the test device has no PAT_WC memory (pat_base= not given)"
+    );
+    Ok((base as u64, base as u64 + (PAGES * page()) as u64))
 }
 
 /// The entries of the PAT memtype list inside the PAT_WC region (the rest
@@ -187,7 +174,7 @@ fn pat_entries((start, end): (u64, u64)) -> Result<Vec<String>, Failure> {
 fn pat_tracking(orig_first: bool) -> TestResult {
     require_dup()?;
     let fd = open_dev()?;
-    let region = pat_region()?;
+    let region = pat_region(&fd)?;
     let base = pat_entries(region)?;
     check!(
         base.is_empty(),
