@@ -5,6 +5,7 @@
 //! Usage: `mremap-dup-selftests [NAME-SUBSTRING...]`. Prints KTAP; the exit
 //! status is 1 if any test failed.
 
+mod card;
 mod drm;
 mod harness;
 mod shared;
