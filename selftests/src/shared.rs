@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use crate::check;
+use crate::{check, fail};
 use crate::harness::{Context, Failure, Test, TestResult};
 use crate::util::*;
 use mremap_dup::{dup, Placement, RemapFlags as F};
@@ -498,25 +498,77 @@ fn rlimit_as_counts_only_new_pages() -> TestResult {
     Ok(())
 }
 
-fn max_map_count_enomem() -> TestResult {
+/// Brings the mm to exactly `vm.max_map_count` VMAs, counted by the kernel:
+/// mmap() refuses a new VMA only once `map_count > max_map_count`, so after
+/// its first ENOMEM the mm holds `max + 1` VMAs, and unmapping one of them
+/// leaves exactly `max`. The one-page mappings alternate their protection and
+/// leave gaps so that none merges with another. Returns them (unmapped when
+/// dropped).
+fn fill_to_max_map_count(max: usize) -> Result<Vec<Mapping>, Failure> {
+    let mut filler = Vec::new();
+    let area = reserve(2 * max + 2, false)?;
+    let base = area.addr;
+    drop(area);
+    for i in 0..=max {
+        let prot = if i % 2 == 0 { libc::PROT_READ } else { libc::PROT_NONE };
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+        match map(base + 2 * i * page(), page(), prot, flags, -1, 0) {
+            Ok(m) => filler.push(m),
+            Err(Errno::ENOMEM) => {
+                // map_count == max + 1: one VMA fewer is exactly the limit.
+                check!(!filler.is_empty(), "mmap refused the first filler");
+                filler.pop();
+                return Ok(filler);
+            }
+            Err(e) => fail!("filler mmap {i}: {e}"),
+        }
+    }
+    fail!("{} mmap calls past vm.max_map_count = {max} never failed", max + 1)
+}
+
+/// vm.max_map_count is checked exactly, as split_vma() checks it: with the mm
+/// at the limit, a DUP that adds a VMA fails with ENOMEM and changes nothing,
+/// and a DUP|FIXED that replaces exactly one VMA (adding none) succeeds.
+fn max_map_count_exact() -> TestResult {
     require_dup()?;
     let (_fd, src) = shared_memfd(2)?;
-    let res = reserve(2, true)?;
-    let count = maps_in(0, usize::MAX).len();
-    let before = snapshot(&[(src.addr, src.len, true), (res.addr, res.len, false)]);
-    {
-        let _g = SysctlGuard::set("/proc/sys/vm/max_map_count", &count.to_string())?;
-        expect_errno(
-            "DUP at vm.max_map_count",
-            dup_fixed(src.addr, src.len, res.addr),
-            Errno::ENOMEM,
-        )?;
+    fill(src.addr, 2, 7);
+    // The destination: one PROT_NONE VMA between two gaps, replaced whole.
+    let hole = reserve(4, true)?;
+    let res = map(
+        hole.addr + page(),
+        2 * page(),
+        libc::PROT_NONE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+        -1,
+        0,
+    )
+    .map_err(|e| Failure::Fail(format!("destination: {e}")))?;
+    // SAFETY: unmapping the two guard pages of this test's own reservation.
+    unsafe {
+        libc::munmap(hole.addr as *mut libc::c_void, page());
+        libc::munmap((hole.addr + 3 * page()) as *mut libc::c_void, page());
     }
-    check!(
-        snapshot(&[(src.addr, src.len, true), (res.addr, res.len, false)]) == before,
-        "source or destination changed"
-    );
-    dup_fixed(src.addr, src.len, res.addr).ctx("DUP after restoring vm.max_map_count")?;
+    hole.forget();
+    // Headroom for the fillers only: maps_in() overcounts ([vsyscall]).
+    let max = maps_in(0, usize::MAX).len() + 64;
+    let before = snapshot(&[(src.addr, src.len, true), (res.addr, res.len, false)]);
+    let (adding, after_adding, replacing) = {
+        let _g = SysctlGuard::set("/proc/sys/vm/max_map_count", &max.to_string())?;
+        let filler = fill_to_max_map_count(max)?;
+        let adding = dup_raw(src.addr, src.len, src.len, F::DUP, 0);
+        let after_adding = snapshot(&[(src.addr, src.len, true), (res.addr, res.len, false)]);
+        let replacing = dup_fixed(src.addr, src.len, res.addr);
+        drop(filler);
+        (adding, after_adding, replacing)
+    };
+    expect_errno("DUP adding a VMA at vm.max_map_count", adding, Errno::ENOMEM)?;
+    check!(after_adding == before, "the refused DUP changed source or destination");
+    let dup = replacing.ctx("DUP|FIXED replacing exactly one VMA at vm.max_map_count")?;
+    check!(dup == res.addr, "duplicate at {dup:#x}, not {:#x}", res.addr);
+    res.forget();
+    let _dup = Mapping::adopt(dup, src.len);
+    verify("duplicate made at the limit", dup, 2, 7, 0)?;
     Ok(())
 }
 
@@ -1134,7 +1186,7 @@ pub const TESTS: &[Test] = crate::tests![
     mlock_not_inherited,
     accounted_as_new_mapping,
     rlimit_as_counts_only_new_pages,
-    max_map_count_enomem,
+    max_map_count_exact,
     hugetlb_memfd,
     einval_resize,
     einval_with_dontunmap,
