@@ -17,7 +17,7 @@ trap 'rm -rf "$tmp"' EXIT
 [ -f "$cover" ] && cp "$cover" "$tmp/old-cover"
 
 git -C "$src" format-patch -q --cover-letter --zero-commit --no-signature \
-	--subject-prefix=PATCH \
+	--subject-prefix="PATCH v$SERIES_VERSION" \
 	--to=linux-mm@kvack.org \
 	--cc=linux-api@vger.kernel.org \
 	--cc=linux-kernel@vger.kernel.org \

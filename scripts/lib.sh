@@ -11,6 +11,8 @@ CACHE=${MREMAP_DUP_CACHE:-$HOME/.cache/mremap-dup}
 KPKG=linux-source-7.2
 KPKG_VERSION=7.2.13-1
 KVERSION=7.2.13
+# The version of the series in patches/ ("[PATCH v2 n/m]").
+SERIES_VERSION=2
 
 # Pinned toolchain (see ../shared/docs/toolchain.md).
 RUSTV=1.96.0+dfsg1-1~deb12u2
