@@ -76,6 +76,14 @@ done
 "$bin/mremap-dup-selftests" >"$results/selftests.ktap" 2>&1
 echo "selftests exit $?" >>"$results/exit.txt"
 
+# The series' own tests, built by build-kselftest.sh: the C kselftest, and
+# the C KUnit suite as a module (it runs when loaded).
+kself=$(dirname "$moddir")/kselftest
+"$kself/mremap_dup" >"$results/kselftest.ktap" 2>&1
+echo "kselftest exit $?" >>"$results/exit.txt"
+insmod "$kself/mremap_dup_kunit.ko" >>"$results/insmod.txt" 2>&1 ||
+	echo "insmod $kself/mremap_dup_kunit.ko failed" >>"$results/insmod.txt"
+
 mkdir -p "$results/kunit"
 for d in /sys/kernel/debug/kunit/*/; do
 	[ -f "$d/results" ] || continue

@@ -110,6 +110,13 @@ def main():
         else:
             parse_ktap(t, "selftests: ", text, 0)
 
+    # The series' C kselftest (tools/testing/selftests/mm/mremap_dup.c).
+    text = read("kselftest.ktap")
+    if text is None:
+        t.fail("kselftest", "no kselftest.ktap")
+    else:
+        parse_ktap(t, "kselftest: ", text, 0)
+
     kunit_dir = os.path.join(r, "kunit")
     suites = sorted(os.listdir(kunit_dir)) if os.path.isdir(kunit_dir) else []
     for f in suites:
