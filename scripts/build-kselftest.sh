@@ -6,7 +6,7 @@
 #                       same binary runs on the pristine kernel, where every
 #                       test skips (built from the patched tree's source and
 #                       uapi headers either way)
-#   mremap_dup_kunit.ko mm/tests/mremap_dup_kunit.c (CONFIG_MREMAP_DUP_KUNIT_TEST,
+#   mremap_dup_mm_kunit.ko  mm/tests/mremap_dup_kunit.c (CONFIG_MREMAP_DUP_KUNIT_TEST,
 #                       off in the test kernel's config) built out of tree
 #                       against that kernel; it cannot build on the pristine
 #                       kernel, where its cases count as failed
@@ -29,11 +29,12 @@ gcc -static -O2 -Wall -Werror \
 
 kunit=$out/kunit
 mkdir -p "$kunit"
-cp "$src/mm/tests/mremap_dup_kunit.c" "$kunit/"
+# Named mremap_dup_mm_kunit here: kernel-rust/ has a mremap_dup_kunit module.
+cp "$src/mm/tests/mremap_dup_kunit.c" "$kunit/mremap_dup_mm_kunit.c"
 # The file includes "../internal.h", found through mm/tests/ of the tree.
-printf 'obj-m := mremap_dup_kunit.o\nccflags-y := -I$(srctree)/mm/tests\n' >"$kunit/Kbuild"
+printf 'obj-m := mremap_dup_mm_kunit.o\nccflags-y := -I$(srctree)/mm/tests\n' >"$kunit/Kbuild"
 if kmake "$tree" M="$kunit" modules >"$kunit/build.log" 2>&1; then
-	cp "$kunit/mremap_dup_kunit.ko" "$out/"
+	cp "$kunit/mremap_dup_mm_kunit.ko" "$out/"
 	! grep -q 'warning:' "$kunit/build.log" || die "KUnit module build printed warnings, see $kunit/build.log"
 elif [ "$flavour" = patched ]; then
 	die "KUnit module build failed, see $kunit/build.log"

@@ -81,8 +81,8 @@ echo "selftests exit $?" >>"$results/exit.txt"
 kself=$(dirname "$moddir")/kselftest
 "$kself/mremap_dup" >"$results/kselftest.ktap" 2>&1
 echo "kselftest exit $?" >>"$results/exit.txt"
-insmod "$kself/mremap_dup_kunit.ko" >>"$results/insmod.txt" 2>&1 ||
-	echo "insmod $kself/mremap_dup_kunit.ko failed" >>"$results/insmod.txt"
+insmod "$kself/mremap_dup_mm_kunit.ko" >>"$results/insmod.txt" 2>&1 ||
+	echo "insmod $kself/mremap_dup_mm_kunit.ko failed" >>"$results/insmod.txt"
 
 mkdir -p "$results/kunit"
 for d in /sys/kernel/debug/kunit/*/; do

@@ -8,9 +8,9 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use crate::{check, fail};
 use crate::harness::{Context, Failure, Test, TestResult};
 use crate::util::*;
+use crate::{check, fail};
 use mremap_dup::{dup, Placement, RemapFlags as F};
 
 /// DUP with MREMAP_FIXED of `m` (whole) into `dst`; the duplicate's address.
@@ -510,7 +510,11 @@ fn fill_to_max_map_count(max: usize) -> Result<Vec<Mapping>, Failure> {
     let base = area.addr;
     drop(area);
     for i in 0..=max {
-        let prot = if i % 2 == 0 { libc::PROT_READ } else { libc::PROT_NONE };
+        let prot = if i % 2 == 0 {
+            libc::PROT_READ
+        } else {
+            libc::PROT_NONE
+        };
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
         match map(base + 2 * i * page(), page(), prot, flags, -1, 0) {
             Ok(m) => filler.push(m),
@@ -523,7 +527,10 @@ fn fill_to_max_map_count(max: usize) -> Result<Vec<Mapping>, Failure> {
             Err(e) => fail!("filler mmap {i}: {e}"),
         }
     }
-    fail!("{} mmap calls past vm.max_map_count = {max} never failed", max + 1)
+    fail!(
+        "{} mmap calls past vm.max_map_count = {max} never failed",
+        max + 1
+    )
 }
 
 /// vm.max_map_count is checked exactly, as split_vma() checks it: with the mm
@@ -562,10 +569,21 @@ fn max_map_count_exact() -> TestResult {
         drop(filler);
         (adding, after_adding, replacing)
     };
-    expect_errno("DUP adding a VMA at vm.max_map_count", adding, Errno::ENOMEM)?;
-    check!(after_adding == before, "the refused DUP changed source or destination");
+    expect_errno(
+        "DUP adding a VMA at vm.max_map_count",
+        adding,
+        Errno::ENOMEM,
+    )?;
+    check!(
+        after_adding == before,
+        "the refused DUP changed source or destination"
+    );
     let dup = replacing.ctx("DUP|FIXED replacing exactly one VMA at vm.max_map_count")?;
-    check!(dup == res.addr, "duplicate at {dup:#x}, not {:#x}", res.addr);
+    check!(
+        dup == res.addr,
+        "duplicate at {dup:#x}, not {:#x}",
+        res.addr
+    );
     res.forget();
     let _dup = Mapping::adopt(dup, src.len);
     verify("duplicate made at the limit", dup, 2, 7, 0)?;
