@@ -73,7 +73,7 @@ for mod in mremap_dup_testdev mremap_dup_kunit; do
 	insmod "$ko" "${args[@]}" >>"$results/insmod.txt" 2>&1 || echo "insmod $ko failed" >>"$results/insmod.txt"
 done
 
-"$bin/mremap-dup-selftests" >"$results/selftests.ktap" 2>&1
+MREMAP_DUP_TESTDEV_KO=$moddir/mremap_dup_testdev.ko "$bin/mremap-dup-selftests" >"$results/selftests.ktap" 2>&1
 echo "selftests exit $?" >>"$results/exit.txt"
 
 # The series' own tests, built by build-kselftest.sh: the C kselftest, and
