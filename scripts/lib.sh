@@ -56,6 +56,7 @@ tree_for() {
 	case $1 in
 	patched) echo "$TREE_PATCHED" ;;
 	unpatched) echo "$TREE_UNPATCHED" ;;
+	mutant) echo "$CACHE/mutant" ;; # scripts/mutants.sh: v2s plus one mutant
 	*) die "unknown kernel flavour '$1'" ;;
 	esac
 }
