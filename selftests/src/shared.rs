@@ -1181,6 +1181,244 @@ fn detection_recipe() -> TestResult {
 }
 
 /// The tests of this module.
+/// Sets RLIMIT_AS (soft limit) to `bytes`.
+fn set_rlimit_as(bytes: usize) -> TestResult {
+    let rl = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct; each test runs in its own process.
+    check!(
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) } == 0,
+        "setrlimit: {}",
+        Errno::last()
+    );
+    Ok(())
+}
+
+/// RLIMIT_AS counts only the pages a DUP|FIXED adds: over a destination of
+/// which half is mapped, a limit with room for exactly the other half lets it
+/// through, one page less refuses it (ENOMEM, nothing changed).
+fn rlimit_as_partially_mapped_destination() -> TestResult {
+    require_dup()?;
+    let (_fd, src) = shared_memfd(8)?;
+    let res = reserve(8, true)?;
+    // Unmap the second half: 4 of the 8 destination pages are mapped.
+    // SAFETY: unmapping part of this test's own reservation.
+    check!(
+        unsafe { libc::munmap((res.addr + 4 * page()) as *mut libc::c_void, 4 * page()) } == 0,
+        "munmap: {}",
+        Errno::last()
+    );
+    let vm = status_kb("VmSize") * 1024;
+    set_rlimit_as(vm + 4 * page() - page())?;
+    let before = snapshot(&[(src.addr, src.len, true), (res.addr, src.len, false)]);
+    expect_errno(
+        "DUP|FIXED one page beyond RLIMIT_AS",
+        dup_fixed(src.addr, src.len, res.addr),
+        Errno::ENOMEM,
+    )?;
+    check!(
+        snapshot(&[(src.addr, src.len, true), (res.addr, src.len, false)]) == before,
+        "the refused DUP changed source or destination"
+    );
+    set_rlimit_as(vm + 4 * page())?;
+    let dup = dup_fixed(src.addr, src.len, res.addr).ctx("DUP|FIXED exactly at RLIMIT_AS")?;
+    res.forget();
+    let _dup = Mapping::adopt(dup, src.len);
+    check!(
+        status_kb("VmSize") * 1024 == vm + 4 * page(),
+        "VmSize {} kB, want {} kB",
+        status_kb("VmSize"),
+        (vm + 4 * page()) / 1024
+    );
+    shares("duplicate at RLIMIT_AS", src.addr, dup, 8)
+}
+
+/// A DUP|FIXED over a populated destination made of several VMAs, starting
+/// inside the first and ending inside the last: what lies outside the
+/// destination keeps its mapping and contents, the rest is the duplicate.
+fn fixed_over_several_populated_vmas() -> TestResult {
+    require_dup()?;
+    let (_fd, src) = shared_memfd(6)?;
+    fill(src.addr, 6, 11);
+    // Three populated VMAs of 4 pages, told apart by their protections.
+    let area = map(
+        0,
+        12 * page(),
+        RW,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    )
+    .ctx("destination area")?;
+    fill(area.addr, 12, 12);
+    // SAFETY: changing the protection of this test's own mapping.
+    check!(
+        unsafe {
+            libc::mprotect(
+                (area.addr + 4 * page()) as *mut libc::c_void,
+                4 * page(),
+                libc::PROT_READ,
+            )
+        } == 0,
+        "mprotect: {}",
+        Errno::last()
+    );
+    check!(maps_in(area.addr, area.end()).len() == 3, "not three VMAs");
+    // Pages 3..9 of the area: the last page of the first VMA, the whole
+    // second, the first page of the third.
+    let dst = area.addr + 3 * page();
+    let dup = dup_fixed(src.addr, src.len, dst).ctx("DUP|FIXED over three VMAs")?;
+    check!(dup == dst, "duplicate at {dup:#x}, not {dst:#x}");
+    verify("pages before the destination", area.addr, 3, 12, 0)?;
+    verify(
+        "pages after the destination",
+        area.addr + 9 * page(),
+        3,
+        12,
+        9,
+    )?;
+    verify("the duplicate", dup, 6, 11, 0)?;
+    let lines = maps_in(area.addr, area.end());
+    check!(
+        lines.len() == 3,
+        "want the first VMA's head, the duplicate, the third's tail: {lines:?}"
+    );
+    let v = vma_at(dup).ok_or("no VMA at the duplicate").ctx("maps")?;
+    check!(
+        v.start == dup && v.end == dup + 6 * page() && v.perms.starts_with("rw-s"),
+        "duplicate VMA {v:?}"
+    );
+    shares("duplicate over three VMAs", src.addr, dup, 6)
+}
+
+/// The duplicate counts in total_vm (VmSize) as a new mapping: a DUP anywhere
+/// adds its size, a DUP|FIXED over a reservation of the same size adds none.
+fn total_vm_accounting() -> TestResult {
+    require_dup()?;
+    let (_fd, src) = shared_memfd(16)?;
+    let res = reserve(16, true)?;
+    let before = status_kb("VmSize");
+    let any = dup_raw(src.addr, src.len, src.len, F::DUP, 0).ctx("DUP anywhere")?;
+    let _any = Mapping::adopt(any, src.len);
+    let after_any = status_kb("VmSize");
+    check!(
+        after_any == before + src.len / 1024,
+        "VmSize {before} -> {after_any} kB after a DUP of {} kB",
+        src.len / 1024
+    );
+    let fixed = dup_fixed(src.addr, src.len, res.addr).ctx("DUP|FIXED")?;
+    res.forget();
+    let _fixed = Mapping::adopt(fixed, src.len);
+    check!(
+        status_kb("VmSize") == after_any,
+        "VmSize {after_any} -> {} kB after a DUP|FIXED replacing as much",
+        status_kb("VmSize")
+    );
+    Ok(())
+}
+
+/// The duplicate may merge with a compatible neighbour: a duplicate of the
+/// first pages of a file mapping, placed right before a mapping of the pages
+/// that follow them in the file, becomes one VMA with it.
+fn merges_with_compatible_neighbour() -> TestResult {
+    require_dup()?;
+    let (fd, src) = shared_memfd(4)?;
+    fill(src.addr, 4, 13);
+    let area = reserve(8, false)?;
+    let next = map(
+        area.addr + 2 * page(),
+        2 * page(),
+        RW,
+        libc::MAP_SHARED | libc::MAP_FIXED,
+        fd.as_raw_fd(),
+        2 * page(),
+    )
+    .ctx("neighbour")?;
+    let dup = dup_fixed(src.addr, 2 * page(), area.addr).ctx("DUP|FIXED before the neighbour")?;
+    check!(dup == area.addr, "duplicate at {dup:#x}");
+    let v = vma_at(dup).ok_or("no VMA at the duplicate").ctx("maps")?;
+    check!(
+        v.start == dup && v.end == next.end() && v.offset == 0,
+        "duplicate and neighbour not one VMA: {v:?}"
+    );
+    next.forget();
+    verify("merged duplicate", dup, 4, 13, 0)?;
+    shares("merged duplicate", src.addr, dup, 4)
+}
+
+/// Runs `cmd`, failing with its output unless it succeeds.
+fn run(cmd: &str, args: &[&str]) -> TestResult {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ctx(cmd)?;
+    check!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A MAP_SHARED file on a page-cache filesystem (ext4 on a loop device), not
+/// only tmpfs: the duplicate sees and makes the file's writes, and what was
+/// written through it reaches the file (read(2) after msync).
+fn ext4_file_mapping() -> TestResult {
+    require_dup()?;
+    let dir = format!("/tmp/mremap-dup-ext4-{}", std::process::id());
+    let img = format!("{dir}.img");
+    std::fs::create_dir_all(&dir).ctx("mkdir")?;
+    let f = std::fs::File::create(&img).ctx("image")?;
+    f.set_len(32 << 20).ctx("image size")?;
+    drop(f);
+    run("mkfs.ext4", &["-q", "-F", &img])?;
+    run("mount", &["-o", "loop", &img, &dir])?;
+    let result = (|| -> TestResult {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        let path = format!("{dir}/file");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .ctx("create file")?;
+        file.set_len((4 * page()) as u64).ctx("file size")?;
+        let m = map(0, 4 * page(), RW, libc::MAP_SHARED, file.as_raw_fd(), 0).ctx("mmap")?;
+        fill(m.addr, 4, 14);
+        let res = reserve(4, true)?;
+        let dup = dup_fixed(m.addr, m.len, res.addr).ctx("DUP|FIXED of an ext4 file")?;
+        res.forget();
+        let _dup = Mapping::adopt(dup, m.len);
+        verify("ext4 duplicate", dup, 4, 14, 0)?;
+        fill(dup, 4, 15);
+        // SAFETY: msync of this test's own mapping.
+        check!(
+            unsafe { libc::msync(dup as *mut libc::c_void, m.len, libc::MS_SYNC) } == 0,
+            "msync: {}",
+            Errno::last()
+        );
+        let mut word = [0u8; 8];
+        file.read_exact_at(&mut word, 0).ctx("pread")?;
+        check!(
+            u64::from_ne_bytes(word) == peek(m.addr),
+            "the file does not hold what was written through the duplicate"
+        );
+        let mut rest = Vec::new();
+        (&file).read_to_end(&mut rest).ctx("read")?;
+        check!(rest.len() == 4 * page(), "file length {}", rest.len());
+        shares("ext4 duplicate", m.addr, dup, 4)
+    })();
+    let umount = run("umount", &[&dir]);
+    let _ = std::fs::remove_file(&img);
+    let _ = std::fs::remove_dir(&dir);
+    result.and(umount)
+}
+
 pub const TESTS: &[Test] = crate::tests![
     detection_recipe,
     memfd_fixed_below_4g,
@@ -1221,4 +1459,9 @@ pub const TESTS: &[Test] = crate::tests![
     einval_userfaultfd_registered,
     eperm_sealed_source,
     eperm_sealed_destination_no_split,
+    rlimit_as_partially_mapped_destination,
+    fixed_over_several_populated_vmas,
+    total_vm_accounting,
+    merges_with_compatible_neighbour,
+    ext4_file_mapping,
 ];
