@@ -39,7 +39,8 @@
 #
 # Environment: MUTANT_BRANCH (default v2s) of the series repository
 # $CACHE/patched/src; MUTANT_TIMEOUT (seconds for one guest run, default
-# 900: a mutant that hangs the guest is killed by the timeout).
+# 900: a mutant that hangs the guest is killed by the timeout);
+# MUTANT_STOP_AT=HH:MM (UTC): start no mutant after that time.
 #
 # Results: $CACHE/results/mutants/NAME/ (mutant.diff, build.log, guest/,
 # parse.txt) and $CACHE/results/mutants/summary.tsv, one line per run.
@@ -188,13 +189,13 @@ prepare_shadow() {
 	timed "Rust selftests build (repo at $repo_head)" env CARGO_TARGET_DIR="$mtree/cargo-target" \
 		cargo build --release --quiet --manifest-path "$shadow/Cargo.toml"
 	mkdir -p "$shadow/target/release"
-	cp "$mtree/cargo-target/release/mremap-dup-selftests" "$shadow/selftests"
+	cp "$mtree/cargo-target/release/mremap-dup-selftests" "$shadow/target/release/mremap-dup-selftests.real"
 	cat >"$shadow/target/release/mremap-dup-selftests" <<'EOF2'
 #!/bin/bash
 # Written by scripts/mutants.sh: the selftests with the mutant's name filters.
 shadow=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck disable=SC2046
-exec "$shadow/selftests" $(cat "$shadow/filters" 2>/dev/null)
+exec "$0.real" $(cat "$shadow/filters" 2>/dev/null)
 EOF2
 	chmod +x "$shadow/target/release/mremap-dup-selftests"
 }
@@ -339,6 +340,10 @@ while IFS=$'\x1f' read -r -u 3 name file subst rule tests eq; do
 	if [[ $name == !* ]]; then
 		echo "ERROR ${name#!}: malformed line: $rule"
 		errors=$((errors + 1))
+		continue
+	fi
+	if [ -n "${MUTANT_STOP_AT:-}" ] && [[ $(date -u +%H%M) > ${MUTANT_STOP_AT/:/} ]]; then
+		echo "NOT RUN $name: after MUTANT_STOP_AT=$MUTANT_STOP_AT UTC"
 		continue
 	fi
 	run_one "$name" "$file" "$subst" "$rule" "$tests" "$eq"
