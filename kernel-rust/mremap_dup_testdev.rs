@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A misc device whose mmap offers the device mapping flavours MREMAP_DUP
-//! must handle, for the selftests.
+//! must handle, for the selftests and the KUnit suite.
 //!
 //! `/dev/mremap_dup_testdev` maps [`PAGES`] pages of vmalloc'ed memory. The
-//! mmap offset selects the flavour, in units of [`FLAVOUR_STRIDE`] pages:
+//! mmap offset selects the flavour, in units of [`FLAVOUR_STRIDE`] pages
+//! (`testdev_abi.rs`, shared with the tests, is the interface):
 //!
 //! | flavour | how | flags |
 //! | --- | --- | --- |
@@ -14,113 +15,260 @@
 //! | 3 `DONTCOPY` | as `REMAP_PFN`, plus `VM_DONTCOPY` | |
 //! | 4 `PAT_WC` | one `remap_pfn_range()` of the whole VMA onto non-RAM, write-combining | `VM_PFNMAP \| VM_IO` |
 //!
-//! Every mapping has `vm_ops->open`/`->close`, counted per flavour; the
-//! `GET_OPENS`/`GET_CLOSES` ioctls (argument: the flavour) return the counts,
-//! and page `i` of the memory starts with the word `MAGIC + i`.
+//! Only shared mappings are offered (`MAP_PRIVATE` gets `EINVAL`), as DRM's
+//! GEM shmem and TTM helpers do: a private mapping of PFNs is a
+//! copy-on-write mapping, on which `vmf_insert_pfn()` hits a `BUG_ON()` and
+//! `remap_pfn_range()` rewrites `vm_pgoff`.
+//!
+//! Every mapping has `vm_ops->open`/`->close`, counted per flavour and read
+//! with the `GET_OPENS`/`GET_CLOSES` ioctls; page `i` of the memory starts
+//! with the word `MAGIC + i`.
 //!
 //! `PAT_WC` is the mapping x86 PAT really tracks (a `pfnmap_track_ctx` that
 //! the VMA and its copies share by kref, and an entry in
 //! `/sys/kernel/debug/x86/pat_memtype_list`): `remap_pfn_range()` covering
-//! the whole VMA, of memory that is not System RAM. Its memory is
-//! [`PAGES`] pages at physical address `pat_base`, which the boot reserves
-//! with `memmap=<size>$<pat_base>`; without the parameter that flavour's
-//! mmap fails with `ENODEV`. The `GET_PAT_BASE` ioctl returns `pat_base`
-//! (`ENODEV` without it), so that tests find the region's PAT entries.
+//! the whole VMA, of memory that is not System RAM. Its memory is [`PAGES`]
+//! pages at physical address `pat_base`, which the boot reserves with
+//! `memmap=<size>$<pat_base>` and the module claims with
+//! `request_mem_region()`. Without a page-aligned, claimable `pat_base`
+//! that flavour's mmap and the `GET_PAT_BASE` ioctl fail with `ENODEV`.
 //!
-//! `VmaNew` offers `VM_MIXEDMAP` and `vm_insert_page()` but nothing for
-//! `VM_PFNMAP`, `remap_pfn_range()`, `vmf_insert_pfn()`, `vm_private_data`
-//! or `vm_operations_struct`: those are raw bindings here, each behind a
-//! small function whose safety comment argues from the mmap hook's contract.
-
-use core::sync::atomic::{AtomicUsize, Ordering};
+//! # Lifetimes
+//!
+//! The memory is reference counted ([`Memory`]): the module holds one
+//! reference, every open file one and every VMA one (taken at mmap and in
+//! `vm_ops->open`, dropped in `vm_ops->close`, the `drm_gem_vm_open()`
+//! pattern), so it lives until the last mapping, a duplicate included, is
+//! gone. The module itself is pinned by every open file (see
+//! [`pin_module`]), and every VMA holds its file, so the module's code
+//! (`vm_ops`, the fault handler) outlives every mapping too.
 
 use kernel::{
     alloc::{flags::GFP_KERNEL, VVec},
-    bindings,
+    bindings, container_of,
     error::to_result,
     fs::File,
-    ioctl::_IO,
+    ioctl::{_IOC_SIZE, _IOR},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
-    mm::virt::{flags, VmaNew},
-    page::PAGE_SIZE,
+    mm::virt::{flags, vm_flags_t, VmaNew},
+    new_mutex,
+    page::{AsPageIter, PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed},
+        Arc, ArcBorrow, Mutex,
+    },
+    types::ForeignOwnable,
+    uaccess::{UserPtr, UserSlice},
 };
 
-/// Pages of memory behind every mapping.
-const PAGES: usize = 4;
-/// The mmap offset of flavour `f` is `f * FLAVOUR_STRIDE` pages.
-const FLAVOUR_STRIDE: usize = 256;
-/// Page `i` starts with the word `MAGIC + i`.
-const MAGIC: u64 = 0x6d72_656d_6170_0000;
+#[path = "testdev_abi.rs"]
+mod abi;
+use abi::{
+    Counts, PatBase, DONTCOPY, FAULT_PFN, FLAVOURS, FLAVOUR_STRIDE, IOCTL_TYPE, MAGIC, MIXED, NAME,
+    NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC, REMAP_PFN,
+};
 
-const REMAP_PFN: usize = 0;
-const FAULT_PFN: usize = 1;
-const MIXED: usize = 2;
-const DONTCOPY: usize = 3;
-const PAT_WC: usize = 4;
-const FLAVOURS: usize = 5;
+const GET_OPENS: u32 = _IOR::<Counts>(IOCTL_TYPE as u32, NR_GET_OPENS as u32);
+const GET_CLOSES: u32 = _IOR::<Counts>(IOCTL_TYPE as u32, NR_GET_CLOSES as u32);
+const GET_PAT_BASE: u32 = _IOR::<PatBase>(IOCTL_TYPE as u32, NR_GET_PAT_BASE as u32);
 
-const GET_OPENS: u32 = _IO('D' as u32, 1);
-const GET_CLOSES: u32 = _IO('D' as u32, 2);
-const GET_PAT_BASE: u32 = _IO('D' as u32, 3);
+/// Bytes of memory behind every mapping.
+const LEN: usize = PAGES * PAGE_SIZE;
 
-static OPENS: [AtomicUsize; FLAVOURS] = [const { AtomicUsize::new(0) }; FLAVOURS];
-static CLOSES: [AtomicUsize; FLAVOURS] = [const { AtomicUsize::new(0) }; FLAVOURS];
+/// `VM_MAYSHARE`, from its bit number. Not `mm::virt::flags::MAYSHARE`: in
+/// 7.2, rust/bindings/bindings_helper.h defines `RUST_CONST_HELPER_VM_MAYSHARE`
+/// as `VM_MAYEXEC`, so that constant is `VM_MAYEXEC` (0x40, not 0x80), and a
+/// `MAP_PRIVATE` mapping passed a check with it.
+const VM_MAYSHARE: vm_flags_t = 1 << bindings::VMA_MAYSHARE_BIT;
 
-/// The module's memory: vmalloc'ed, so page aligned and made of order-0
-/// pages with a reference each, as `vm_insert_page()` requires.
+/// `PAGES` pages of physical memory at `base`, claimed for this module.
 ///
 /// # Invariants
 ///
-/// Set once in `init` before the device is registered, never changed, and
-/// freed (with the module's `_memory`) only when the module is unloaded,
-/// which no mapping can outlive: a mapping holds its file, whose
-/// `f_op->owner` pins the module.
-static mut MEMORY: *mut u8 = core::ptr::null_mut();
-
-fn memory() -> *mut u8 {
-    // SAFETY: MEMORY is written only in init, before the device (the only
-    // reader) is registered; see its invariants.
-    unsafe { MEMORY }
+/// `[base, base + LEN)` is page aligned, not 0, and claimed (busy in
+/// `iomem_resource`, so neither System RAM nor anyone else's) by this value
+/// from [`PatRegion::claim`] until it is dropped.
+struct PatRegion {
+    base: u64,
 }
 
-/// The PFN of page `i` of the memory.
-fn pfn(i: usize) -> usize {
-    // SAFETY: page i < PAGES of a live vmalloc area (MEMORY's invariants).
-    unsafe { bindings::vmalloc_to_pfn(memory().add(i * PAGE_SIZE).cast()) as usize }
+impl PatRegion {
+    /// Claims `[base, base + LEN)`, or says why it cannot be used.
+    fn claim(base: u64) -> core::result::Result<Self, &'static str> {
+        if base == 0 {
+            return Err("no pat_base= given");
+        }
+        if !base.is_multiple_of(PAGE_SIZE as u64) {
+            return Err("pat_base= is not page aligned");
+        }
+        let len = LEN as u64;
+        if base.checked_add(len).is_none() {
+            return Err("pat_base= + size overflows");
+        }
+        // SAFETY: NAME is a 'static NUL-terminated string, which the resource
+        // keeps as its name; the range is checked and released by the
+        // kernel's resource code, which fails (NULL) on any conflict: busy
+        // System RAM, or a range someone else claimed.
+        let res = unsafe { bindings::request_mem_region(base, len, NAME.as_char_ptr()) };
+        if res.is_null() {
+            return Err("pat_base= range is busy (System RAM or claimed)");
+        }
+        // INVARIANT: checked above, claimed just now.
+        Ok(Self { base })
+    }
+
+    /// The first PFN of the region.
+    fn pfn(&self) -> usize {
+        (self.base >> PAGE_SHIFT) as usize
+    }
+
+    /// Writes `MAGIC + i` at the start of page `i`, through a write-combining
+    /// mapping as every user mapping of it.
+    fn fill(&self) -> Result {
+        // SAFETY: maps LEN bytes of physical memory that this module claimed
+        // (type invariant) and that is not System RAM.
+        let io = unsafe { bindings::ioremap_wc(self.base, LEN) };
+        if io.is_null() {
+            return Err(ENOMEM);
+        }
+        for i in 0..PAGES {
+            // SAFETY: page i < PAGES of the live mapping just made, 8-aligned.
+            unsafe {
+                io.cast::<u8>()
+                    .add(i * PAGE_SIZE)
+                    .cast::<u64>()
+                    .write_volatile(MAGIC + i as u64)
+            };
+        }
+        // SAFETY: io came from ioremap_wc() above and is not used after this.
+        unsafe { bindings::iounmap(io) };
+        Ok(())
+    }
 }
 
-/// The flavour recorded in a mapping's `vm_private_data`.
+impl Drop for PatRegion {
+    fn drop(&mut self) {
+        // SAFETY: the region was claimed in `claim` with these bounds (type
+        // invariant) and is released once, here.
+        unsafe { bindings::release_mem_region(self.base, LEN as u64) };
+    }
+}
+
+/// The memory behind every mapping, and the open/close counts.
+///
+/// Shared by reference count (`Arc`): the module holds one reference, every
+/// open file one (its private data), and every VMA one (its
+/// `vm_private_data`, see [`install_vm_ops`]).
+#[pin_data]
+struct Memory {
+    /// [`PAGES`] vmalloc'ed pages: order-0 pages with a reference each, as
+    /// `vm_insert_page()` requires. Locked only to borrow its pages
+    /// (`page_iter()` takes `&mut`); never resized.
+    #[pin]
+    pages: Mutex<VVec<u8>>,
+    /// The PFN of each page of `pages`.
+    pfns: [usize; PAGES],
+    /// The `PAT_WC` flavour's memory, if `pat_base` named a usable region.
+    pat: Option<PatRegion>,
+    opens: [Atomic<u64>; FLAVOURS],
+    closes: [Atomic<u64>; FLAVOURS],
+}
+
+impl Memory {
+    fn new(pat_base: u64) -> Result<Arc<Self>> {
+        let mut buf = VVec::<u8>::with_capacity(LEN, GFP_KERNEL)?;
+        buf.resize(LEN, 0, GFP_KERNEL)?;
+        for (i, page) in buf.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            page[..8].copy_from_slice(&(MAGIC + i as u64).to_ne_bytes());
+        }
+        let mut pfns = [0; PAGES];
+        for (i, pfn) in pfns.iter_mut().enumerate() {
+            // SAFETY: byte i * PAGE_SIZE < LEN of buf, a live vmalloc area.
+            *pfn = unsafe { bindings::vmalloc_to_pfn(buf.as_ptr().add(i * PAGE_SIZE).cast()) }
+                as usize;
+        }
+        let pat = match PatRegion::claim(pat_base) {
+            Ok(pat) => {
+                pat.fill()?;
+                Some(pat)
+            }
+            Err(why) => {
+                pr_info!("PAT_WC flavour unavailable: {why} (pat_base={pat_base:#x})\n");
+                None
+            }
+        };
+        Arc::pin_init(
+            try_pin_init!(Self {
+                pages <- new_mutex!(buf),
+                pfns,
+                pat,
+                opens: [const { Atomic::new(0) }; FLAVOURS],
+                closes: [const { Atomic::new(0) }; FLAVOURS],
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    fn counts(counts: &[Atomic<u64>; FLAVOURS]) -> Counts {
+        core::array::from_fn(|f| counts[f].load(Relaxed))
+    }
+}
+
+/// The flavour of one of our VMAs. `vm_pgoff` is `flavour * FLAVOUR_STRIDE`
+/// plus less than `PAGES` (mmap checks it; splitting adds the offset of the
+/// piece; `VM_DONTEXPAND` keeps mremap from growing it), so this is below
+/// `FLAVOURS`.
 ///
 /// # Safety
 ///
-/// `vma` must be a live VMA set up by [`TestDev::mmap`].
+/// `vma` must be live, with the mmap lock or its VMA lock held, or be
+/// undergoing setup.
 unsafe fn flavour_of(vma: *const bindings::vm_area_struct) -> usize {
-    // SAFETY: the caller passes a live VMA; mmap stored the flavour there.
-    unsafe { (*vma).vm_private_data as usize }
+    // SAFETY: the caller's lock keeps vm_pgoff stable (it changes only with
+    // the VMA write-locked).
+    unsafe { (*vma).vm_pgoff / FLAVOUR_STRIDE }
 }
 
-/// `vm_operations_struct::open` of every flavour: counts the mapping.
+/// `vm_operations_struct::open` of every flavour: the new VMA (a split
+/// piece, a moved or duplicated copy, a fork child's copy) takes its own
+/// reference to the memory, and is counted.
 ///
 /// # Safety
 ///
-/// Called by the kernel with a live VMA that has our vm_ops (so
-/// `vm_private_data` holds its flavour).
+/// Called by the kernel with a live VMA copied from one of ours: its
+/// `vm_private_data` is the pointer [`install_vm_ops`] stored, whose
+/// reference the VMA it was copied from still holds.
 unsafe extern "C" fn vm_open(vma: *mut bindings::vm_area_struct) {
-    // SAFETY: the kernel calls ->open with a live VMA that has our vm_ops.
-    let f = unsafe { flavour_of(vma) };
-    OPENS[f].fetch_add(1, Ordering::Relaxed);
+    // SAFETY: per the function's contract, vm_private_data came from
+    // Arc::into_foreign() and a live VMA holds that reference meanwhile.
+    let mem = unsafe { <Arc<Memory> as ForeignOwnable>::borrow((*vma).vm_private_data) };
+    // SAFETY: a live VMA, with the mmap lock held by whoever copies it.
+    if let Some(c) = mem.opens.get(unsafe { flavour_of(vma) }) {
+        c.add(1, Relaxed);
+    }
+    // The copy shares vm_private_data with its original; this reference is
+    // the copy's, and its vm_close() drops it.
+    let _ = Arc::from(mem).into_foreign();
 }
 
-/// `vm_operations_struct::close` of every flavour: counts the unmap.
+/// `vm_operations_struct::close` of every flavour: counts the unmap and drops
+/// the VMA's reference to the memory. The kernel calls it after the VMA's
+/// page table entries are gone (`unmap_vmas()` before `remove_vma()`), so no
+/// entry points at the memory when it is freed.
 ///
 /// # Safety
 ///
-/// As for [`vm_open`].
+/// Called by the kernel, once, with a live VMA set up by
+/// [`install_vm_ops`] or [`vm_open`], which is not used after this.
 unsafe extern "C" fn vm_close(vma: *mut bindings::vm_area_struct) {
-    // SAFETY: the kernel calls ->close with a live VMA that has our vm_ops.
-    let f = unsafe { flavour_of(vma) };
-    CLOSES[f].fetch_add(1, Ordering::Relaxed);
+    // SAFETY: the VMA owns the reference in vm_private_data (taken when it
+    // was set up, or in vm_open()), and ->close is its last use.
+    let mem = unsafe { <Arc<Memory> as ForeignOwnable>::from_foreign((*vma).vm_private_data) };
+    // SAFETY: a live VMA being removed under the mmap lock.
+    if let Some(c) = mem.closes.get(unsafe { flavour_of(vma) }) {
+        c.add(1, Relaxed);
+    }
 }
 
 /// `vm_operations_struct::fault` of `FAULT_PFN`: inserts the PFN of the
@@ -128,24 +276,26 @@ unsafe extern "C" fn vm_close(vma: *mut bindings::vm_area_struct) {
 ///
 /// # Safety
 ///
-/// Called by the kernel with a valid `vm_fault` for a VMA that has our
-/// vm_ops, under the mmap or VMA lock.
+/// Called by the kernel with a valid `vm_fault` for a `FAULT_PFN` VMA of
+/// ours, under the mmap or VMA lock.
 unsafe extern "C" fn vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
     // SAFETY: the kernel calls ->fault with a valid vm_fault for our VMA.
     let (vma, pgoff, address) = unsafe {
         let f = &(*vmf).__bindgen_anon_1;
         (f.vma, f.pgoff, f.address)
     };
-    // The page of the object: the offset into the VMA, as DRM computes it.
-    // SAFETY: vma is the live VMA being faulted.
-    let idx = pgoff - unsafe { (*vma).vm_pgoff };
-    if idx >= PAGES {
+    // SAFETY: the VMA is live and holds the reference in vm_private_data.
+    let mem = unsafe { <Arc<Memory> as ForeignOwnable>::borrow((*vma).vm_private_data) };
+    // The page of the memory: the file offset within the flavour.
+    let Some(&pfn) = mem.pfns.get(pgoff % FLAVOUR_STRIDE) else {
         return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
-    }
-    // SAFETY: a VM_PFNMAP VMA of ours, faulting at `address` inside it, with
-    // the mmap lock or VMA lock held by the fault path; the PFN is RAM that
-    // outlives the mapping (MEMORY's invariants).
-    unsafe { bindings::vmf_insert_pfn(vma, address, pfn(idx)) }
+    };
+    // SAFETY: vmf_insert_pfn()'s BUG_ON()s do not fire: the VMA was set up
+    // by VmaPfnMap::new() (VM_PFNMAP without VM_MIXEDMAP, shared, so not a
+    // copy-on-write mapping; its copies keep those flags). `address` is the
+    // faulting address inside it, under the lock the fault path holds. The
+    // PFN is memory that the VMA keeps alive by its reference.
+    unsafe { bindings::vmf_insert_pfn(vma, address, pfn) }
 }
 
 /// `vm_operations_struct` made of function pointers only.
@@ -155,99 +305,147 @@ struct VmOps(bindings::vm_operations_struct);
 unsafe impl Sync for VmOps {}
 
 const fn vm_ops(fault: bool) -> VmOps {
-    // SAFETY: all-zeroes is a valid vm_operations_struct (every hook None).
-    let mut ops: bindings::vm_operations_struct = unsafe { core::mem::zeroed() };
-    ops.open = Some(vm_open);
-    ops.close = Some(vm_close);
-    if fault {
-        ops.fault = Some(vm_fault);
-    }
-    VmOps(ops)
+    VmOps(bindings::vm_operations_struct {
+        open: Some(vm_open),
+        close: Some(vm_close),
+        fault: if fault { Some(vm_fault) } else { None },
+        ..pin_init::zeroed()
+    })
 }
 
 static OPS_NOFAULT: VmOps = vm_ops(false);
 static OPS_FAULT: VmOps = vm_ops(true);
 
-/// Installs our vm_ops for `flavour` on a VMA being set up, and counts the
-/// mapping as opened (mmap does not call ->open for the first mapping).
-fn set_vm_ops(vma: &VmaNew, flavour: usize, ops: &'static VmOps) {
-    // SAFETY: the VMA is undergoing initialisation in our mmap hook (VmaNew's
-    // invariant), so nobody else reads these fields yet; ops is 'static.
+/// Completes the setup of a VMA of `flavour`: our vm_ops, and the VMA's own
+/// reference to the memory in `vm_private_data`; counts the mapping as
+/// opened (mmap does not call ->open for the first mapping). Called last,
+/// when nothing can fail any more: on an mmap error the kernel frees the VMA
+/// without calling ->close.
+fn install_vm_ops(vma: &VmaNew, flavour: usize, ops: &'static VmOps, mem: ArcBorrow<'_, Memory>) {
+    if let Some(c) = mem.opens.get(flavour) {
+        c.add(1, Relaxed);
+    }
+    let data = Arc::from(mem).into_foreign();
+    // SAFETY: the VMA is undergoing initialisation in our mmap hook
+    // (VmaNew's invariant), so nobody else reads these fields yet; ops is
+    // 'static; the reference in `data` is dropped by vm_close().
     unsafe {
         (*vma.as_ptr()).vm_ops = &ops.0;
-        (*vma.as_ptr()).vm_private_data = flavour as *mut core::ffi::c_void;
+        (*vma.as_ptr()).vm_private_data = data;
     }
-    OPENS[flavour].fetch_add(1, Ordering::Relaxed);
 }
 
-/// `remap_pfn_range()` of the whole VMA onto the memory, page by page.
-fn remap_pfns(vma: &VmaNew) -> Result {
-    for i in 0..(vma.end() - vma.start()) / PAGE_SIZE {
-        // SAFETY: the VMA is being set up in our mmap hook with the mmap lock
-        // held; [addr, addr + PAGE_SIZE) lies inside it; the PFN is RAM that
-        // outlives the mapping (MEMORY's invariants).
-        to_result(unsafe {
-            bindings::remap_pfn_range(
-                vma.as_ptr(),
-                vma.start() + i * PAGE_SIZE,
-                pfn(i),
-                PAGE_SIZE,
-                (*vma.as_ptr()).vm_page_prot,
-            )
-        })?;
-    }
-    Ok(())
+/// A VMA being set up in an mmap hook that maps PFNs without `struct page`.
+///
+/// `VmaNew` offers `VM_MIXEDMAP` and `vm_insert_page()` but nothing for
+/// `VM_PFNMAP` and `remap_pfn_range()`: this is the smallest typestate for
+/// them, in the manner of `VmaMixedMap`.
+///
+/// # Invariants
+///
+/// The VMA is undergoing initialisation in an `f_ops->mmap()` hook (as for
+/// `VmaNew`), is shared (`VM_MAYSHARE`, so not a copy-on-write mapping), and
+/// has `VM_PFNMAP | VM_IO` set and `VM_MIXEDMAP` clear.
+#[repr(transparent)]
+struct VmaPfnMap {
+    vma: VmaNew,
 }
 
-/// The first PFN of the `PAT_WC` flavour's memory, if the module has one.
-fn pat_pfn() -> Option<usize> {
-    let base = *module_parameters::pat_base.value();
-    (base != 0).then_some((base >> bindings::PAGE_SHIFT) as usize)
+impl VmaPfnMap {
+    /// Sets `VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP` (what
+    /// `remap_pfn_range()` sets) on a shared VMA being set up.
+    fn new(vma: &VmaNew) -> Result<&Self> {
+        if vma.flags() & VM_MAYSHARE == 0 || vma.flags() & flags::MIXEDMAP != 0 {
+            return Err(EINVAL);
+        }
+        vma.set_io();
+        vma.set_dontexpand();
+        vma.set_dontdump();
+        // SAFETY: the VMA is undergoing initialisation (VmaNew's invariant),
+        // so nobody else reads its flags yet; VM_MIXEDMAP is clear, so
+        // VM_PFNMAP is a valid addition.
+        unsafe { (*vma.as_ptr()).__bindgen_anon_2.vm_flags |= flags::PFNMAP };
+        // SAFETY: VmaPfnMap is a transparent wrapper of VmaNew.
+        // INVARIANT: set up and checked just above.
+        Ok(unsafe { &*core::ptr::from_ref(vma).cast::<Self>() })
+    }
+
+    /// The VMA's page protection.
+    fn page_prot(&self) -> bindings::pgprot_t {
+        // SAFETY: the VMA is being set up (type invariant); nobody writes it.
+        unsafe { (*self.vma.as_ptr()).vm_page_prot }
+    }
+
+    /// `remap_pfn_range()` of `[addr, addr + size)`, which must lie inside
+    /// the VMA, page aligned, onto the PFNs from `pfn`.
+    ///
+    /// # Safety
+    ///
+    /// The `size / PAGE_SIZE` frames from `pfn` must stay allocated to the
+    /// caller until the VMA and every copy of it are closed.
+    unsafe fn remap_pfn_range(
+        &self,
+        addr: usize,
+        pfn: usize,
+        size: usize,
+        prot: bindings::pgprot_t,
+    ) -> Result {
+        let end = addr.checked_add(size).ok_or(EINVAL)?;
+        if addr < self.vma.start()
+            || end > self.vma.end()
+            || !addr.is_multiple_of(PAGE_SIZE)
+            || !size.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(EINVAL);
+        }
+        // SAFETY: the VMA is being set up in an mmap hook, with the mmap lock
+        // held for writing, and is VM_PFNMAP and not copy-on-write (type
+        // invariants); the range lies inside it (checked); the frames outlive
+        // it (the caller's contract).
+        to_result(unsafe { bindings::remap_pfn_range(self.vma.as_ptr(), addr, pfn, size, prot) })
+    }
 }
 
-/// One `remap_pfn_range()` of the whole VMA onto the `PAT_WC` memory,
-/// write-combining: covering the whole VMA is what makes the kernel track the
-/// range (and its memory type) for the life of the VMA and its copies.
-fn remap_pat_wc(vma: &VmaNew, pfn: usize) -> Result {
-    // SAFETY: the VMA is being set up in our mmap hook with the mmap lock
-    // held and [start, end) is all of it; the PFNs are PAGES pages reserved
-    // by the boot (memmap=) for this module alone, which outlive every
-    // mapping; pgprot_writecombine() only changes the cache bits of the
-    // VMA's own protection.
-    to_result(unsafe {
-        bindings::remap_pfn_range(
-            vma.as_ptr(),
-            vma.start(),
-            pfn,
-            vma.end() - vma.start(),
-            bindings::pgprot_writecombine((*vma.as_ptr()).vm_page_prot),
-        )
-    })
-}
+/// The misc device's file operations with `owner` set to this module.
+///
+/// `MiscDeviceOptions::into_raw()` leaves `file_operations::owner` NULL
+/// (rust/kernel/miscdevice.rs in 7.2), so `misc_open()`'s `fops_get()` pins
+/// nothing. [`pin_module`] gives each open file these instead.
+struct FileOps(bindings::file_operations);
+// SAFETY: immutable, made of function pointers and the module pointer, as
+// every file_operations shared by all the files of a device.
+unsafe impl Sync for FileOps {}
 
-/// Writes `MAGIC + i` at the start of page `i` of the `PAT_WC` memory.
-fn init_pat_memory() -> Result {
-    let Some(pfn) = pat_pfn() else {
-        return Ok(());
-    };
-    let phys = (pfn << bindings::PAGE_SHIFT) as bindings::resource_size_t;
-    // SAFETY: maps PAGES pages of physical memory that the boot reserved for
-    // this module (memmap=), write-combining as every user mapping of it.
-    let io = unsafe { bindings::ioremap_wc(phys, PAGES * PAGE_SIZE) };
-    if io.is_null() {
-        return Err(ENOMEM);
+static FOPS: FileOps = FileOps(bindings::file_operations {
+    owner: THIS_MODULE.as_ptr(),
+    // SAFETY: into_raw() returns a miscdevice whose fops points to the
+    // 'static vtable of TestDev.
+    ..unsafe { *MiscDeviceOptions { name: NAME }.into_raw::<TestDev>().fops }
+});
+
+/// Makes the file being opened hold a reference to this module until its
+/// final `fput()`, as a C driver's `.owner = THIS_MODULE` does.
+///
+/// The reference is taken here and dropped by the VFS: the file's `f_op`
+/// becomes [`FOPS`], and `__fput()` calls `fops_put(file->f_op)` after
+/// `->release` has returned. Dropping it with `module_put()` in our own
+/// `release` instead would leave this module's code running after the
+/// reference that keeps it loaded is gone.
+fn pin_module(file: &File) -> Result {
+    // SAFETY: THIS_MODULE is this module. It cannot be gone meanwhile:
+    // misc_open() calls us with misc_mtx held, and module exit deregisters
+    // the device, which takes misc_mtx, before the module is freed. If the
+    // exit has begun, try_module_get() fails.
+    if !unsafe { bindings::try_module_get(THIS_MODULE.as_ptr()) } {
+        return Err(ENODEV);
     }
-    for i in 0..PAGES {
-        // SAFETY: page i < PAGES of the live mapping just made, 8-aligned.
-        unsafe {
-            io.cast::<u8>()
-                .add(i * PAGE_SIZE)
-                .cast::<u64>()
-                .write_volatile(MAGIC + i as u64)
-        };
-    }
-    // SAFETY: io came from ioremap_wc() above and is not used after this.
-    unsafe { bindings::iounmap(io) };
+    // SAFETY: the file is being opened: misc_open() has just set its f_op to
+    // the misc vtable (owner NULL, so it holds no module reference) with
+    // replace_fops() and called this ->open, and nobody else reads f_op
+    // before ->open returns. FOPS has the same functions, and the reference
+    // taken above is the one fops_put(file->f_op) drops in __fput(), which
+    // is replace_fops()'s contract.
+    unsafe { (*file.as_ptr()).f_op = &FOPS.0 };
     Ok(())
 }
 
@@ -255,116 +453,125 @@ struct TestDev;
 
 #[vtable]
 impl MiscDevice for TestDev {
-    type Ptr = ();
+    type Ptr = Arc<Memory>;
 
-    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
-        Ok(())
+    fn open(file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<Arc<Memory>> {
+        // SAFETY: the only registration of TestDev is the `miscdev` field of
+        // the module's TestDevModule, written after its `memory` field, and
+        // it stays registered during this call (misc_open() holds misc_mtx).
+        // Only the `memory` field is borrowed.
+        let mem = unsafe {
+            let module = container_of!(core::ptr::from_ref(misc), TestDevModule, miscdev);
+            (*module).memory.clone()
+        };
+        pin_module(file)?;
+        Ok(mem)
     }
 
-    fn mmap(_device: (), _file: &File, vma: &VmaNew) -> Result {
-        // SAFETY: reading vm_pgoff of the VMA being set up.
+    fn mmap(mem: ArcBorrow<'_, Memory>, _file: &File, vma: &VmaNew) -> Result {
+        // Private mappings of PFNs would be copy-on-write mappings: not
+        // supported (see the crate documentation).
+        if vma.flags() & VM_MAYSHARE == 0 {
+            return Err(EINVAL);
+        }
+        // SAFETY: the VMA being set up: vm_pgoff is stable.
         let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff };
         let flavour = pgoff / FLAVOUR_STRIDE;
         if !pgoff.is_multiple_of(FLAVOUR_STRIDE)
             || flavour >= FLAVOURS
-            || vma.end() - vma.start() > PAGES * PAGE_SIZE
+            || vma.end() - vma.start() > LEN
         {
             return Err(EINVAL);
         }
-        match flavour {
+        // Nothing may map past the memory, and a grown VMA's split pieces
+        // would have offsets of other flavours.
+        vma.set_dontexpand();
+        let pages = (vma.end() - vma.start()) / PAGE_SIZE;
+        let ops = match flavour {
             REMAP_PFN | DONTCOPY => {
-                set_vm_ops(vma, flavour, &OPS_NOFAULT);
+                let pfnmap = VmaPfnMap::new(vma)?;
                 if flavour == DONTCOPY {
                     vma.set_dontcopy();
                 }
-                remap_pfns(vma)
+                for (i, &pfn) in mem.pfns.iter().take(pages).enumerate() {
+                    // SAFETY: the memory's pages stay allocated while the
+                    // VMA and its copies hold their references (taken by
+                    // install_vm_ops() and vm_open(), dropped by vm_close()).
+                    unsafe {
+                        pfnmap.remap_pfn_range(
+                            vma.start() + i * PAGE_SIZE,
+                            pfn,
+                            PAGE_SIZE,
+                            pfnmap.page_prot(),
+                        )
+                    }?;
+                }
+                &OPS_NOFAULT
             }
             FAULT_PFN => {
-                set_vm_ops(vma, flavour, &OPS_FAULT);
-                vma.set_io();
-                vma.set_dontexpand();
-                // SAFETY: the VMA is being set up (VmaNew's invariant) and is
-                // not VM_MIXEDMAP, so VM_PFNMAP is a valid addition.
-                unsafe { (*vma.as_ptr()).__bindgen_anon_2.vm_flags |= flags::PFNMAP };
-                Ok(())
+                VmaPfnMap::new(vma)?;
+                &OPS_FAULT
             }
             MIXED => {
-                set_vm_ops(vma, flavour, &OPS_NOFAULT);
                 let mixed = vma.set_mixedmap();
-                for i in 0..(vma.end() - vma.start()) / PAGE_SIZE {
-                    // SAFETY: page i of the vmalloc area (MEMORY's invariants).
-                    let page =
-                        unsafe { bindings::vmalloc_to_page(memory().add(i * PAGE_SIZE).cast()) };
-                    // SAFETY: VM_MIXEDMAP was set just above, the VMA is
-                    // being set up, and the page is an order-0 page with a
-                    // reference held by the vmalloc area.
-                    to_result(unsafe {
-                        bindings::vm_insert_page(mixed.as_ptr(), vma.start() + i * PAGE_SIZE, page)
-                    })?;
+                let mut buf = mem.pages.lock();
+                for (i, page) in buf.page_iter().take(pages).enumerate() {
+                    mixed.vm_insert_page(vma.start() + i * PAGE_SIZE, &page)?;
                 }
-                Ok(())
+                &OPS_NOFAULT
             }
             PAT_WC => {
-                let pfn = pat_pfn().ok_or(ENODEV)?;
-                set_vm_ops(vma, flavour, &OPS_NOFAULT);
-                remap_pat_wc(vma, pfn)
+                let pat = mem.pat.as_ref().ok_or(ENODEV)?;
+                let pfnmap = VmaPfnMap::new(vma)?;
+                // One call covering the whole VMA is what makes the kernel
+                // track the range (and its memory type) for the life of the
+                // VMA and its copies.
+                // SAFETY: pgprot_writecombine() only changes the cache bits.
+                let prot = unsafe { bindings::pgprot_writecombine(pfnmap.page_prot()) };
+                // SAFETY: the region stays claimed for this module while the
+                // VMA and its copies hold their references to the memory,
+                // which owns the claim.
+                unsafe {
+                    pfnmap.remap_pfn_range(vma.start(), pat.pfn(), vma.end() - vma.start(), prot)
+                }?;
+                &OPS_NOFAULT
             }
-            _ => Err(EINVAL),
-        }
-    }
-
-    fn ioctl(_device: (), _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let counts = match cmd {
-            GET_OPENS => &OPENS,
-            GET_CLOSES => &CLOSES,
-            GET_PAT_BASE => {
-                let pfn = pat_pfn().ok_or(ENODEV)?;
-                return Ok((pfn << bindings::PAGE_SHIFT) as isize);
-            }
-            _ => return Err(ENOTTY),
+            _ => return Err(EINVAL),
         };
-        let c = counts.get(arg).ok_or(EINVAL)?;
-        Ok(c.load(Ordering::Relaxed) as isize)
+        install_vm_ops(vma, flavour, ops, mem);
+        Ok(())
     }
-}
 
-struct TestDevModule {
-    /// Taken in `drop` so the device is gone before its memory.
-    miscdev: Option<Pin<KBox<MiscDeviceRegistration<TestDev>>>>,
-    /// The memory behind every mapping (see [`MEMORY`]).
-    _memory: VVec<u8>,
-}
-
-impl kernel::Module for TestDevModule {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
-        let mut buf = VVec::<u8>::with_capacity(PAGES * PAGE_SIZE, GFP_KERNEL)?;
-        buf.resize(PAGES * PAGE_SIZE, 0, GFP_KERNEL)?;
-        let ptr = buf.as_mut_ptr();
-        for i in 0..PAGES {
-            // SAFETY: ptr points to PAGES * PAGE_SIZE bytes just allocated.
-            unsafe { ptr.add(i * PAGE_SIZE).cast::<u64>().write(MAGIC + i as u64) };
+    fn ioctl(mem: ArcBorrow<'_, Memory>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let mut out = UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).writer();
+        match cmd {
+            GET_OPENS => out.write(&Memory::counts(&mem.opens))?,
+            GET_CLOSES => out.write(&Memory::counts(&mem.closes))?,
+            GET_PAT_BASE => out.write::<PatBase>(&mem.pat.as_ref().ok_or(ENODEV)?.base)?,
+            _ => return Err(ENOTTY),
         }
-        // SAFETY: no device is registered yet, so nothing reads MEMORY.
-        unsafe { MEMORY = ptr };
-        init_pat_memory()?;
-        let miscdev = KBox::pin_init(
-            MiscDeviceRegistration::register(MiscDeviceOptions {
-                name: c"mremap_dup_testdev",
-            }),
-            GFP_KERNEL,
-        )?;
-        Ok(Self {
-            miscdev: Some(miscdev),
-            _memory: buf,
-        })
+        Ok(0)
     }
 }
 
-impl Drop for TestDevModule {
-    fn drop(&mut self) {
-        // Deregister before `_memory` is freed; no mapping is left by now
-        // (each one pins the module through its file).
-        drop(self.miscdev.take());
+#[pin_data]
+struct TestDevModule {
+    /// Declared (so dropped) first: the device is gone before the module's
+    /// reference to the memory.
+    #[pin]
+    miscdev: MiscDeviceRegistration<TestDev>,
+    /// The module's reference to the memory; open files take theirs from it.
+    memory: Arc<Memory>,
+}
+
+impl kernel::InPlaceModule for TestDevModule {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        // `memory` is initialised before `miscdev` registers the device,
+        // whose open() reads it.
+        try_pin_init!(Self {
+            memory: Memory::new(*module_parameters::pat_base.value())?,
+            miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: NAME }),
+        })
     }
 }
 
@@ -377,7 +584,7 @@ module! {
     params: {
         pat_base: u64 {
             default: 0,
-            description: "Physical address of PAGES pages reserved with memmap= for the PAT_WC flavour",
+            description: "Physical address of 4 pages reserved with memmap= for the PAT_WC flavour",
         },
     },
 }
