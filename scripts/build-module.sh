@@ -1,18 +1,25 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # build-module.sh [patched|unpatched]: build the Rust kernel code of
-# kernel-rust/ (the test device) as an out-of-tree module against that
-# kernel's build dir. The sources are copied to the cache so that the repo
-# stays clean and each kernel gets its own objects.
+# kernel-rust/ (the test device and its KUnit suite) as out-of-tree modules
+# against that kernel's build dir. The sources (the modules, and
+# testdev_abi.rs, the device's interface that both include) are copied to
+# the cache so that the repo stays clean and each kernel gets its own
+# objects.
+#
+# MREMAP_DUP_MODDIR: build there instead of the kernel's module/ directory
+# (which scripts/boot.sh loads from), so that a build of other sources does
+# not replace the modules a running guest uses.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 flavour=${1:-patched}
 tree=$(tree_for "$flavour")
-moddir=$tree/module
+moddir=${MREMAP_DUP_MODDIR:-$tree/module}
 rm -rf "$moddir"
 mkdir -p "$moddir"
-cp "$REPO"/kernel-rust/Kbuild "$REPO"/kernel-rust/*.rs "$moddir/"
+cp "$REPO"/kernel-rust/Kbuild "$REPO"/kernel-rust/mremap_dup_testdev.rs \
+	"$REPO"/kernel-rust/mremap_dup_kunit.rs "$REPO"/kernel-rust/testdev_abi.rs "$moddir/"
 : >"$moddir/build.log"
 # CLIPPY=1: the modules are compiled by clippy-driver (the one matching
 # rustc-web, not a rustup one), with the kernel's lint set; a lint is a
