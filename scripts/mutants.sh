@@ -300,6 +300,14 @@ run_one() {
 	printf '%s\n' "$tests" >"$shadow/filters"
 	t0=$(date +%s)
 	guest "$rdir/guest"
+	# QEMU itself failing (TCG: "iotlb_to_section: Assertion ... failed"
+	# within seconds of boot) says nothing of the mutant: run it again, once.
+	if [ ! -f "$rdir/guest/done" ] &&
+		grep -q '^qemu-system[^:]*: .*Assertion' "$rdir/guest.console.log" 2>/dev/null; then
+		log "$name: QEMU failed ($(grep -m1 '^qemu-system' "$rdir/guest.console.log")): booting again"
+		mv "$rdir/guest.console.log" "$rdir/guest.qemu-failed.log"
+		guest "$rdir/guest"
+	fi
 	guest_s=$(( $(date +%s) - t0 ))
 	python3 "$shadow/scripts/parse-results.py" "$rdir/guest" "${expect[@]}" "${host_args[@]}" \
 		>"$rdir/parse.txt" 2>&1 || rc=$?
