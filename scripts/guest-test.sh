@@ -81,6 +81,10 @@ echo "selftests exit $?" >>"$results/exit.txt"
 kself=$(dirname "$moddir")/kselftest
 "$kself/mremap_dup" >"$results/kselftest.ktap" 2>&1
 echo "kselftest exit $?" >>"$results/exit.txt"
+# Fault injection over every allocation of a DUP, and DUP racing madvise and
+# faults (short: 5 s here; longer with --seconds N by hand).
+"$bin/mremap-dup-stress" --seconds 5 >"$results/stress.ktap" 2>&1
+echo "stress exit $?" >>"$results/exit.txt"
 insmod "$kself/mremap_dup_mm_kunit.ko" >>"$results/insmod.txt" 2>&1 ||
 	echo "insmod $kself/mremap_dup_mm_kunit.ko failed" >>"$results/insmod.txt"
 

@@ -117,6 +117,13 @@ def main():
     else:
         parse_ktap(t, "kselftest: ", text, 0)
 
+    # Fault injection and races (selftests/src/stress.rs).
+    text = read("stress.ktap")
+    if text is None:
+        t.fail("stress", "no stress.ktap")
+    else:
+        parse_ktap(t, "stress: ", text, 0)
+
     kunit_dir = os.path.join(r, "kunit")
     suites = sorted(os.listdir(kunit_dir)) if os.path.isdir(kunit_dir) else []
     for f in suites:
