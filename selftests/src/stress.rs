@@ -3,18 +3,22 @@
 //! MREMAP_DUP under allocation failure and under concurrency, run inside the
 //! guest. Prints KTAP.
 //!
-//! Usage: `mremap-dup-stress [--seconds N] [--seed S] [--race-only]`
-//! (`--seconds`: how long the race runs, default 15).
+//! Usage: `mremap-dup-stress [--seconds N] [--seed S] [--race-only]
+//! [--no-neighbours] [--only WORD]` (`--seconds`: how long the race runs,
+//! default 15; `--only`: the tests whose name contains WORD).
 //!
 //! - Systematic fault injection (`/proc/thread-self/fail-nth`): a DUP|FIXED
 //!   is made with its 1st, 2nd, ... fault-injection point failing, until one
-//!   succeeds with nothing injected; that N - 1 is the number of points. Three
+//!   succeeds with nothing injected; that N - 1 is the number of points. Four
 //!   sources: a populated 2 MiB memfd mapping, the same with a guard region
-//!   (entries copied through page tables), a vgem dumb buffer (below 4 GiB).
+//!   (entries copied through page tables), a vgem dumb buffer (below 4 GiB),
+//!   and the guarded memfd again with the memfd's next pages mapped right
+//!   after the destination, so that the duplicate merges with them.
 //!   The destination is a reservation of three VMAs, the first and the last
 //!   cut by the destination's ends.
-//! - Random fault injection (`/proc/self/make-it-fail`): several failures in
-//!   one call, as when the cleanup after a failure fails too.
+//! - The same with the Nth point and every later one failing (fail-nth
+//!   with `/proc/self/make-it-fail` and 100 % probability): the cleanup
+//!   after a failure fails too.
 //!
 //!   After every failed call the errno is ENOMEM, the source's maps line and
 //!   contents are unchanged, /proc/self/maps outside the destination is
@@ -302,36 +306,53 @@ fn push_joined(v: &mut Vec<Line>, l: Line) {
     v.push(l);
 }
 
-/// The destination: from `base`, in pages, a read-write fence page, A
-/// (PROT_NONE, 2 pages), B (PROT_READ), C (PROT_NONE), a fence page. The
+/// The destination, made afresh for every call in a slot of its own (a
+/// 2 MiB-aligned 4 MiB of an arena reserved PROT_NONE and never touched), so
+/// that no page table maps it yet and a DUP that copies entries has to
+/// allocate them. From the slot's start, in pages: a read-write fence page,
+/// A (PROT_NONE, 2 pages), B (PROT_READ), C (PROT_NONE), a fence page. The
 /// destination starts one page into A and ends one page before the end of
 /// C: a DUP|FIXED cuts A and C and replaces B.
 struct Reservation {
-    base: usize,
-    dst: usize,
+    arena: usize,
+    slot: std::cell::Cell<usize>,
+    dst: std::cell::Cell<usize>,
     len: usize,
     /// Below 4 GiB (MAP_32BIT: below 2 GiB).
     low: bool,
 }
 
+const SLOT: usize = 4 << 20;
+const SLOTS: usize = 64;
+
 impl Reservation {
     fn new(len: usize, low: bool) -> Result<Reservation, String> {
+        if len + 4 * page() > SLOT {
+            return Err(format!("a destination of {len} bytes does not fit a slot"));
+        }
         let extra = if low { libc::MAP_32BIT } else { 0 };
-        let base = reserve_at(0, len + 4 * page(), libc::PROT_NONE, extra)?;
-        let r = Reservation {
-            base,
-            dst: base + 2 * page(),
+        let arena = reserve_at(0, SLOTS * SLOT + (2 << 20), libc::PROT_NONE, extra)?;
+        Ok(Reservation {
+            arena: arena.next_multiple_of(2 << 20),
+            slot: std::cell::Cell::new(SLOTS - 1),
+            dst: std::cell::Cell::new(0),
             len,
             low,
-        };
-        r.rebuild()?;
-        Ok(r)
+        })
     }
 
-    /// Puts the reservation back as it was made, replacing what is there.
-    fn rebuild(&self) -> Result<(), String> {
-        let (b, p, half) = (self.base, page(), self.len / 2);
-        reserve_at(b, self.len + 4 * p, libc::PROT_NONE, libc::MAP_FIXED)?;
+    fn dst(&self) -> usize {
+        self.dst.get()
+    }
+
+    /// Gives the last slot back to the arena and builds the destination in
+    /// the next one.
+    fn fresh(&self) -> Result<(), String> {
+        let old = self.arena + self.slot.get() * SLOT;
+        reserve_at(old, SLOT, libc::PROT_NONE, libc::MAP_FIXED)?;
+        self.slot.set((self.slot.get() + 1) % SLOTS);
+        let (b, p, half) = (self.arena + self.slot.get() * SLOT, page(), self.len / 2);
+        self.dst.set(b + 2 * p);
         for (addr, len, prot) in [
             (b, p, libc::PROT_READ | libc::PROT_WRITE),
             (b + 3 * p, half - p, libc::PROT_READ),
@@ -345,7 +366,7 @@ impl Reservation {
     }
 
     fn maps(&self) -> Result<Maps, String> {
-        Maps::read(self.dst, self.dst + self.len)
+        Maps::read(self.dst(), self.dst() + self.len)
     }
 
     /// An entry left behind in the destination: a present, swap or guard
@@ -355,7 +376,7 @@ impl Reservation {
         let pages = self.len / page();
         if unmapped {
             mmap(
-                self.dst,
+                self.dst(),
                 self.len,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
@@ -364,7 +385,7 @@ impl Reservation {
             )
             .map_err(|e| format!("mmap over the unmapped destination: {}", errname(e)))?;
         }
-        let e = pagemap(self.dst, pages)?;
+        let e = pagemap(self.dst(), pages)?;
         Ok((0..pages)
             .find(|&p| e[p] & (PM_PRESENT | PM_SWAP | PM_GUARD_REGION) != 0)
             .map(|p| (p, e[p])))
@@ -380,7 +401,10 @@ struct Case {
     guards: Vec<usize>,
     seed: u64,
     res: Reservation,
-    _keep: Vec<OwnedFd>,
+    /// The memfd's next 2 pages are mapped right after the destination: the
+    /// duplicate merges with that mapping.
+    merge: bool,
+    keep: Vec<OwnedFd>,
 }
 
 /// What a failed call left at the destination.
@@ -407,9 +431,9 @@ impl Case {
     }
 
     /// A populated 2 MiB shared memfd mapping, with guards if asked.
-    fn memfd(what: &'static str, guards: Vec<usize>) -> Result<Case, String> {
+    fn memfd(what: &'static str, guards: Vec<usize>, merge: bool) -> Result<Case, String> {
         let len = 512 * page();
-        let fd = memfd(len)?;
+        let fd = memfd(len + 2 * page())?;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let src = mmap(0, len, rw, libc::MAP_SHARED, fd.as_raw_fd(), 0)
             .map_err(|e| format!("mmap memfd: {}", errname(e)))?;
@@ -420,7 +444,8 @@ impl Case {
             guards,
             seed: 1,
             res: Reservation::new(len, false)?,
-            _keep: vec![fd],
+            merge,
+            keep: vec![fd],
         };
         fill(c.src, c.plain_pages(), c.seed);
         for &g in &c.guards {
@@ -452,7 +477,8 @@ impl Case {
             guards: Vec::new(),
             seed: 3,
             res: Reservation::new(len, true)?,
-            _keep: vec![card],
+            merge: false,
+            keep: vec![card],
         };
         fill(c.src, c.plain_pages(), c.seed);
         Ok(Some(c))
@@ -460,7 +486,23 @@ impl Case {
 
     /// The state before a call: maps and the source's contents.
     fn before(&self) -> Result<Maps, String> {
-        self.res.rebuild()?;
+        self.res.fresh()?;
+        if self.merge {
+            let (rw, fixed) = (
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+            );
+            let fd = self.keep[0].as_raw_fd();
+            mmap(
+                self.res.dst() + self.len,
+                2 * page(),
+                rw,
+                fixed,
+                fd,
+                self.len,
+            )
+            .map_err(|e| format!("mmap of the next memfd pages: {}", errname(e)))?;
+        }
         let m = self.res.maps()?;
         if self.src_line(&m).is_none() {
             return Err("no maps line for the source".into());
@@ -469,7 +511,7 @@ impl Case {
     }
 
     fn dup_fixed(&self) -> Result<usize, i32> {
-        dup(self.src, self.len, Some(self.res.dst))
+        dup(self.src, self.len, Some(self.res.dst()))
     }
 
     fn check_source(&self, before: &Maps, now: &Maps) -> Result<(), String> {
@@ -532,7 +574,7 @@ impl Case {
     /// After a successful DUP|FIXED: one VMA mapping what the source maps,
     /// shared both ways, guard pages faulting; nothing else changed.
     fn check_dup(&self, d: usize, before: &Maps) -> Result<(), String> {
-        let dst = self.res.dst;
+        let dst = self.res.dst();
         if d != dst {
             return Err(format!("duplicate at {d:#x}, not at {dst:#x}"));
         }
@@ -585,53 +627,77 @@ impl Case {
 }
 
 /// Writes N to fail-nth, runs `f`, and says whether a fault was injected.
-fn with_fail_nth<R>(nth: &File, n: usize, f: impl FnOnce() -> R) -> Result<(R, bool), String> {
-    let n = n.to_string();
-    nth.write_at(n.as_bytes(), 0)
-        .map_err(|e| format!("fail-nth: {e}"))?;
+/// With `later`, every allocation after the Nth fails too: make-it-fail is
+/// set around `f` (100 % probability for tasks that have it set).
+fn with_fail_nth<R>(
+    nth: &File,
+    mif: &File,
+    n: usize,
+    later: bool,
+    f: impl FnOnce() -> R,
+) -> Result<(R, bool), String> {
+    let io = |e: std::io::Error| format!("fault injection: {e}");
+    nth.write_at(n.to_string().as_bytes(), 0).map_err(io)?;
+    if later {
+        mif.write_at(b"1", 0).map_err(io)?;
+    }
     let r = f();
+    if later {
+        // Writing make-it-fail allocates nothing; should that ever change,
+        // the write fails (ENOMEM) until it gets through.
+        let mut tries = 0;
+        while let Err(e) = mif.write_at(b"0", 0) {
+            tries += 1;
+            if tries == 1000 {
+                return Err(io(e));
+            }
+        }
+    }
     let mut buf = [0u8; 32];
-    let k = nth
-        .read_at(&mut buf, 0)
-        .map_err(|e| format!("fail-nth: {e}"))?;
-    nth.write_at(b"0", 0)
-        .map_err(|e| format!("fail-nth: {e}"))?;
+    let k = nth.read_at(&mut buf, 0).map_err(io)?;
+    nth.write_at(b"0", 0).map_err(io)?;
     let left = String::from_utf8_lossy(&buf[..k]);
     Ok((r, left.trim() == "0"))
 }
 
-/// Fails the 1st, 2nd, ... fault-injection point of a DUP|FIXED of `c` until
-/// one succeeds with nothing injected.
-fn systematic(c: &Case) -> Result<String, String> {
-    let nth = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/proc/thread-self/fail-nth")
-        .map_err(|e| format!("/proc/thread-self/fail-nth: {e}"))?;
+fn open_rw(path: &str) -> Result<File, String> {
+    let f = OpenOptions::new().read(true).write(true).open(path);
+    f.map_err(|e| format!("{path}: {e}"))
+}
+
+/// Fails the 1st, 2nd, ... fault-injection point of a DUP|FIXED of `c`
+/// (with `later`: and every point after it) until one succeeds with nothing
+/// injected.
+fn systematic(c: &Case, later: bool) -> Result<String, String> {
+    let nth = open_rw("/proc/thread-self/fail-nth")?;
+    let mif = open_rw("/proc/self/make-it-fail")?;
     let mut states = String::new();
     for n in 1..2000 {
         let before = c.before()?;
-        let (r, injected) = with_fail_nth(&nth, n, || c.dup_fixed())?;
+        let (r, injected) = with_fail_nth(&nth, &mif, n, later, || c.dup_fixed())?;
+        if std::env::var_os("MREMAP_DUP_STRESS_VERBOSE").is_some() {
+            let inside = c.res.maps()?.inside;
+            let inside: Vec<String> = inside.iter().map(|l| l.to_string()).collect();
+            eprintln!(
+                "# {}: fail-nth {n}: {r:x?}, injected {injected}, destination {inside:?}",
+                c.what
+            );
+        }
+        let ctx = |m: String| format!("{}: fail-nth {n}: {m} [{states}]", c.what);
         match r {
             Err(e) => {
-                let left = c
-                    .check_failed(e, &before)
-                    .map_err(|m| format!("{}: fail-nth {n}: {m} [{states}]", c.what))?;
+                let left = c.check_failed(e, &before).map_err(ctx)?;
                 if !injected {
-                    return Err(format!(
-                        "{}: fail-nth {n}: ENOMEM but no fault injected",
-                        c.what
-                    ));
+                    return Err(ctx("ENOMEM but no fault injected".into()));
                 }
                 states.push(if left == Left::Unmapped { 'U' } else { 'R' });
             }
             Ok(d) => {
-                c.check_dup(d, &before)
-                    .map_err(|m| format!("{}: fail-nth {n}: {m} [{states}]", c.what))?;
+                c.check_dup(d, &before).map_err(ctx)?;
                 if !injected {
                     return Ok(format!(
-                        "{}: {} injection points, each failed once [{states}] \
-                         (R: reservation left, U: destination unmapped, S: succeeded anyway); \
+                        "{}: {} injection points [{states}] (R: ENOMEM, reservation left; \
+                         U: ENOMEM, destination unmapped; S: succeeded anyway); \
                          succeeded at fail-nth {n}",
                         c.what,
                         n - 1
@@ -644,42 +710,6 @@ fn systematic(c: &Case) -> Result<String, String> {
     Err(format!("{}: no DUP succeeded in 2000 calls", c.what))
 }
 
-/// `calls` DUP|FIXED with allocations failing at random (make-it-fail), so
-/// that more than one can fail in a call.
-fn random_failures(c: &Case, calls: usize) -> Result<String, String> {
-    let mif = OpenOptions::new()
-        .write(true)
-        .open("/proc/self/make-it-fail")
-        .map_err(|e| format!("/proc/self/make-it-fail: {e}"))?;
-    let (mut ok, mut unmapped, mut kept) = (0, 0, 0);
-    for i in 0..calls {
-        let before = c.before()?;
-        mif.write_at(b"1", 0)
-            .map_err(|e| format!("make-it-fail: {e}"))?;
-        let r = c.dup_fixed();
-        mif.write_at(b"0", 0)
-            .map_err(|e| format!("make-it-fail: {e}"))?;
-        let ctx = |m: String| format!("{}: call {i}: {m}", c.what);
-        match r {
-            Err(e) => match c.check_failed(e, &before).map_err(ctx)? {
-                Left::Unmapped => unmapped += 1,
-                Left::Reservation => kept += 1,
-            },
-            Ok(d) => {
-                c.check_dup(d, &before).map_err(ctx)?;
-                ok += 1;
-            }
-        }
-    }
-    if ok == calls {
-        return Err(format!("{}: no call failed: nothing was injected", c.what));
-    }
-    Ok(format!(
-        "{}: {calls} calls: {ok} succeeded, ENOMEM {kept} with the reservation left, {unmapped} with the destination unmapped",
-        c.what
-    ))
-}
-
 /// The debugfs fault-injection settings a test run changes, restored on drop.
 struct FaultInjection {
     saved: Vec<(String, String)>,
@@ -687,8 +717,7 @@ struct FaultInjection {
 
 impl FaultInjection {
     /// failslab and fail_page_alloc: GFP_KERNEL, order-0 allocations may
-    /// fail, through fail-nth, or with 20 % probability while make-it-fail
-    /// is set. Quiet unless MREMAP_DUP_STRESS_VERBOSE is set (then a stack
+    /// fail, through fail-nth, or always while make-it-fail is set. Quiet unless MREMAP_DUP_STRESS_VERBOSE is set (then a stack
     /// trace of each injected failure goes to the kernel log).
     fn setup() -> Result<FaultInjection, String> {
         if !std::path::Path::new(&format!("{DEBUGFS}/failslab")).exists() {
@@ -717,7 +746,7 @@ impl FaultInjection {
                 ("ignore-gfp-wait", "N"),
                 ("verbose", verbose),
                 ("task-filter", "Y"),
-                ("probability", "20"),
+                ("probability", "100"),
                 ("interval", "1"),
                 ("times", "-1"),
                 ("space", "0"),
@@ -806,7 +835,7 @@ const PATTERN: u64 = 7;
 /// began, and not removed until it returned, has a guard marker in the
 /// duplicate; one whose guard was removed likewise has none. (Pages whose
 /// madvise() overlapped the DUP may go either way.)
-fn race(seconds: u64, seed: u64) -> Result<String, String> {
+fn race(seconds: u64, seed: u64, neighbours: bool) -> Result<String, String> {
     let p = page();
     let fd = memfd((2 * N + PAGES) * p)?;
     let rw = libc::PROT_READ | libc::PROT_WRITE;
@@ -837,7 +866,9 @@ fn race(seconds: u64, seed: u64) -> Result<String, String> {
     threads.push(spawn(1, |r, src, rng| guard_thread(r, src, rng, 0)));
     threads.push(spawn(2, |r, src, rng| guard_thread(r, src, rng, 1)));
     threads.push(spawn(3, fault_thread));
-    threads.push(spawn(4, neighbour_thread));
+    if neighbours {
+        threads.push(spawn(4, neighbour_thread));
+    }
 
     let start = Instant::now();
     let (mut dups, mut held, mut absent) = (0u64, 0u64, 0u64);
@@ -1097,35 +1128,29 @@ type Body = Box<dyn FnOnce() -> Result<String, String>>;
 /// The sources of the fault-injection tests: None if there is no vgem card.
 fn case(i: usize) -> Result<Option<Case>, String> {
     match i {
-        0 => Case::memfd("memfd over three VMAs", Vec::new()).map(Some),
-        1 => Case::memfd("memfd with guard pages", vec![1, 300]).map(Some),
-        _ => Case::vgem(),
+        0 => Case::memfd("memfd over three VMAs", Vec::new(), false).map(Some),
+        1 => Case::memfd("memfd with guard pages", vec![1, 300], false).map(Some),
+        2 => Case::vgem(),
+        _ => Case::memfd("memfd with guard pages, merged", vec![1, 300], true).map(Some),
     }
 }
 
 fn injection_tests() -> Vec<(&'static str, Body)> {
-    let one = |i: usize| -> Body {
+    let one = |i: usize, later: bool| -> Body {
         Box::new(move || match case(i)? {
-            Some(c) => systematic(&c),
+            Some(c) => systematic(&c, later),
             None => Ok("SKIP no vgem card (CONFIG_DRM_VGEM)".into()),
         })
     };
     vec![
-        ("fail_nth_memfd_over_three_vmas", one(0)),
-        ("fail_nth_memfd_guard_region", one(1)),
-        ("fail_nth_vgem_below_4g", one(2)),
-        (
-            "random_failures",
-            Box::new(|| {
-                let mut out = Vec::new();
-                for i in 0..3 {
-                    if let Some(c) = case(i)? {
-                        out.push(random_failures(&c, 100)?);
-                    }
-                }
-                Ok(out.join("; "))
-            }),
-        ),
+        ("fail_nth_memfd_over_three_vmas", one(0, false)),
+        ("fail_nth_memfd_guard_region", one(1, false)),
+        ("fail_nth_vgem_below_4g", one(2, false)),
+        ("fail_nth_memfd_guard_region_merged", one(3, false)),
+        ("fail_nth_and_later_memfd_over_three_vmas", one(0, true)),
+        ("fail_nth_and_later_memfd_guard_region", one(1, true)),
+        ("fail_nth_and_later_vgem_below_4g", one(2, true)),
+        ("fail_nth_and_later_memfd_guard_region_merged", one(3, true)),
     ]
 }
 
@@ -1141,6 +1166,14 @@ fn main() {
     let seconds = arg("--seconds", 15);
     let seed = arg("--seed", 1);
     let race_only = args.iter().any(|a| a == "--race-only");
+    // --no-neighbours: the race without munmap/mmap/mprotect of the source's
+    // neighbours (whose VMA splits race madvise() in mainline already).
+    let neighbours = !args.iter().any(|a| a == "--no-neighbours");
+    // --only WORD: the tests whose name contains WORD.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
 
     let mut tests = if race_only {
         Vec::new()
@@ -1150,8 +1183,11 @@ fn main() {
     let injection = tests.len();
     tests.push((
         "race_dup_madvise_faults_neighbours",
-        Box::new(move || race(seconds, seed)),
+        Box::new(move || race(seconds, seed, neighbours)),
     ));
+    let keep = |name: &str| only.is_none() || only.is_some_and(|w| name.contains(w.as_str()));
+    let injection = tests[..injection].iter().filter(|t| keep(t.0)).count();
+    tests.retain(|t| keep(t.0));
 
     println!("KTAP version 1");
     println!("1..{}", tests.len());
