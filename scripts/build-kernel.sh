@@ -1,7 +1,14 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# build-kernel.sh [patched|unpatched]: apply the series (patched only),
-# configure from ci/kernel.config.fragment and build incrementally.
+# build-kernel.sh [patched|unpatched|bench]: apply the series (patched and
+# bench), configure from ci/kernel.config.fragment (bench:
+# ci/bench.config.fragment) and build incrementally.
+#
+# bench is the benchmark kernel (scripts/bench.sh): the patched tree's source
+# (bench/src is a symlink to ../patched/src) built with debugging off into
+# its own bench/out. It applies the series as patched does and shares the
+# patched tree's series.applied marker: applying it a second time would
+# rewrite the files and rebuild the debug kernel from scratch.
 #
 # The build dir is kept: the series or the fragment changing triggers only
 # what it must (re-apply, reconfigure); make and ccache do the rest.
@@ -14,6 +21,26 @@ flavour=${1:-patched}
 tree=$(tree_for "$flavour")
 src=$tree/src
 out=$tree/out
+fragment=$REPO/ci/kernel.config.fragment
+# The tree whose series.applied says which series its source carries.
+series_tree=$tree
+# Options the .config must have (a fragment line Kconfig silently dropped).
+required="CONFIG_RUST=y CONFIG_KUNIT=y CONFIG_KASAN=y CONFIG_PROVE_LOCKING=y
+	CONFIG_DEBUG_VM=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_USERFAULTFD=y"
+# Options it must not have.
+forbidden=""
+if [ "$flavour" = bench ]; then
+	fragment=$REPO/ci/bench.config.fragment
+	series_tree=$TREE_PATCHED
+	required="CONFIG_RUST=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_DRM_VIRTIO_GPU=y
+		CONFIG_DRM_BOCHS=y CONFIG_USERFAULTFD=y CONFIG_BLK_DEV_LOOP=y CONFIG_EXT4_FS=y
+		CONFIG_X86_PAT=y CONFIG_DEBUG_FS=y"
+	forbidden="CONFIG_KASAN=y CONFIG_PROVE_LOCKING=y CONFIG_LOCKDEP=y CONFIG_DEBUG_VM=y
+		CONFIG_PAGE_TABLE_CHECK=y CONFIG_KUNIT=y CONFIG_FAULT_INJECTION=y
+		CONFIG_DEBUG_KMEMLEAK=y CONFIG_DEBUG_ATOMIC_SLEEP=y"
+	mkdir -p "$tree"
+	[ -L "$src" ] || ln -s ../patched/src "$src"
+fi
 [ -d "$src/.git" ] || "$REPO/scripts/fetch-kernel.sh"
 
 series_hash() {
@@ -21,14 +48,14 @@ series_hash() {
 }
 
 apply_series() {
-	[ "$flavour" = patched ] || return 0
+	[ "$flavour" = patched ] || [ "$flavour" = bench ] || return 0
 	if [ "${MREMAP_DUP_DEV:-0}" = 1 ]; then
 		log "MREMAP_DUP_DEV=1: building $src as checked out ($(git -C "$src" rev-parse --short HEAD))"
 		return 0
 	fi
 	local want
 	want=$(series_hash)
-	if [ "$(cat "$tree/series.applied" 2>/dev/null)" = "$want" ]; then
+	if [ "$(cat "$series_tree/series.applied" 2>/dev/null)" = "$want" ]; then
 		return 0
 	fi
 	git -C "$src" am --abort >/dev/null 2>&1 || true
@@ -40,12 +67,12 @@ apply_series() {
 		git -C "$src" -c user.name=mremap-dup -c user.email=mremap-dup@localhost \
 			am -q "$REPO/patches/$p" || die "git am failed on $p"
 	done <"$REPO/patches/series"
-	echo "$want" >"$tree/series.applied"
+	echo "$want" >"$series_tree/series.applied"
 	log "applied $(grep -c . "$REPO/patches/series") patches onto base"
 }
 
 config_hash() {
-	{ cat "$REPO/ci/kernel.config.fragment"; kmake_vars; } | sha256sum | cut -d' ' -f1
+	{ cat "$fragment"; kmake_vars; } | sha256sum | cut -d' ' -f1
 }
 
 configure() {
@@ -57,7 +84,7 @@ configure() {
 	rm -rf "$out"
 	mkdir -p "$out"
 	# shellcheck disable=SC2046
-	(cd "$src" && vng --kconfig --config "$REPO/ci/kernel.config.fragment" \
+	(cd "$src" && vng --kconfig --config "$fragment" \
 		O="$out" $(kmake_vars) "CC=ccache clang-19")
 	# virtme-ng appends DWARF after the fragment; no debug info keeps the
 	# build and the build dir small.
@@ -65,9 +92,11 @@ configure() {
 		-d DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT -e DEBUG_INFO_NONE
 	kmake "$tree" -s olddefconfig
 	local item
-	for item in CONFIG_RUST=y CONFIG_KUNIT=y CONFIG_KASAN=y CONFIG_PROVE_LOCKING=y \
-		CONFIG_DEBUG_VM=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_USERFAULTFD=y; do
+	for item in $required; do
 		grep -qx "$item" "$out/.config" || die "$item missing from $out/.config"
+	done
+	for item in $forbidden; do
+		! grep -qx "$item" "$out/.config" || die "$item in $out/.config ($fragment turns it off)"
 	done
 	echo "$want" >"$tree/config.done"
 }

@@ -51,12 +51,15 @@ timed() {
 	return $rc
 }
 
-# tree_for patched|unpatched -> the directory holding src/ and out/
+# tree_for patched|unpatched|mutant|bench -> the directory holding src/ and out/
 tree_for() {
 	case $1 in
 	patched) echo "$TREE_PATCHED" ;;
 	unpatched) echo "$TREE_UNPATCHED" ;;
 	mutant) echo "$CACHE/mutant" ;; # scripts/mutants.sh: v2s plus one mutant
+	# scripts/bench.sh: the patched source (bench/src -> ../patched/src),
+	# built without debugging (ci/bench.config.fragment) into bench/out.
+	bench) echo "$CACHE/bench" ;;
 	*) die "unknown kernel flavour '$1'" ;;
 	esac
 }
