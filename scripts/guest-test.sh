@@ -3,7 +3,7 @@
 # guest-test.sh RESULTS [MODE [MODDIR [KEEP]]]: runs inside the virtme-ng guest (cwd = the
 # repo, shared read-only from the host). Writes everything the host parses
 # into RESULTS, a --rwdir directory:
-#   dmesg-boot.txt   the kernel log before the first test
+#   dmesg-boot.txt   the kernel log at the end of the boot
 #   selftests.ktap   the Rust selftests' KTAP
 #   kunit/*.ktap     every KUnit suite's results (debugfs)
 #   dmesg.txt        the kernel log after the last test
@@ -25,16 +25,22 @@ mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
 dmesg >"$results/dmesg-boot.txt"
 uname -a >"$results/uname.txt"
 
-# A splat before the first test (toolchain.md: an early-boot KASAN report
-# under TCG that also turns lockdep off) makes this boot worth less: stop
-# here and let the host boot again.
+# The known early-boot KASAN report of toolchain.md (under TCG; it also
+# turns lockdep off) makes this boot worth less: stop here and let the host
+# boot again. Any other splat during boot is not retried: the tests run and
+# parse-results.py counts it as a failure.
 if [ -z "$keep_boot_splat" ] &&
-	python3 "$repo/scripts/parse-results.py" --check-splat "$results/dmesg-boot.txt" 2>/dev/null; then
+	python3 "$repo/scripts/parse-results.py" --known-boot-splat "$results/dmesg-boot.txt" 2>/dev/null; then
 	echo boot-splat >"$results/boot-splat"
 	dmesg >"$results/dmesg.txt"
 	echo done >"$results/done"
 	exit 0
 fi
+
+# parse-results.py splits the kernel log here: before this line is the boot,
+# from it on the tests. A log without it was truncated (boot.sh sets
+# log_buf_len) or the tests never started: a failure.
+echo "mremap-dup: tests start" >/dev/kmsg
 
 if [ "$mode" = bench ] || [ "$mode" = bench-fork ]; then
 	[ "$mode" = bench ] && "$bin/mremap-dup-bench" view 2>&1 | tee "$results/bench.txt"
