@@ -102,9 +102,13 @@ configure() {
 }
 
 build() {
-	local logf=$tree/build.log
-	kmake "$tree" -j"$(nproc)" 2>&1 | tee "$logf" | grep -E 'warning:|error:|^make.*Error' || true
-	[ "${PIPESTATUS[0]}" = 0 ] || die "kernel build failed, see $logf"
+	local logf=$tree/build.log rc=0
+	# make's own status: PIPESTATUS read in the "||" right after the pipeline
+	# (an "|| true" after the filter would make it true's; the filter finding
+	# nothing is not a failure).
+	kmake "$tree" -j"$(nproc)" 2>&1 | tee "$logf" |
+		{ grep -E 'warning:|error:|^make.*Error' || true; } || rc=${PIPESTATUS[0]}
+	[ "$rc" = 0 ] || die "kernel build failed (make exit $rc), see $logf"
 	[ -f "$out/arch/x86/boot/bzImage" ] || die "no bzImage in $out"
 	if grep -q 'warning:' "$logf"; then
 		die "the $flavour build printed warnings (see $logf)"
