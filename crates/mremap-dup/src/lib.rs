@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: MIT OR Apache-2.0
 
 //! `MREMAP_DUP`: map a shared mapping a second time, leaving the original.
 //!
@@ -12,13 +12,28 @@
 //! (the C library's wrapper is not a reliable way to pass a new flag) and
 //! returns errors as [`nix::Error`] values.
 //!
-//! Detect support with [`is_supported`]: a kernel with `MREMAP_DUP` answers a
-//! duplicate of an unmapped, page-aligned address with `EFAULT`, an older one
-//! rejects the unknown flag with `EINVAL`.
+//! Detect support with [`is_supported`]. To duplicate the memory behind a
+//! pointer without knowing the mapping it lies in (a GPU driver's buffer,
+//! a memfd, shared anonymous memory), use [`dup_range`]: it finds the
+//! mapping with the `PROCMAP_QUERY` ioctl, duplicates the smallest range the
+//! kernel allows and places the duplicate anywhere, below an address (4 GiB
+//! for a WoW64 layer) or in a reservation, returning a guard that removes
+//! it when dropped. `include/mremap_dup.h` at the top of the repository is
+//! the same helper for C, header-only.
+//!
+//! The crate is `MIT OR Apache-2.0`, so that LGPL projects (Wine) and
+//! others can use or copy it.
 
 use core::ffi::c_void;
 use core::ops::BitOr;
+use std::sync::OnceLock;
+
 use nix::errno::Errno;
+
+mod procmap;
+mod range;
+
+pub use range::{dup_range, dup_range_flags, DupRange, DupRangeFlags, RangePlacement, Reservation};
 
 /// Flags of `mremap(2)`, including `MREMAP_DUP`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,15 +138,38 @@ pub unsafe fn dup(
 
 /// Does the running kernel know `MREMAP_DUP`?
 ///
-/// Duplicates page 0, which is never mapped (`vm.mmap_min_addr`): a kernel
-/// with `MREMAP_DUP` finds no mapping there (`EFAULT`); an older kernel
-/// refuses the unknown flag (`EINVAL`) before it looks.
+/// Duplicates a fresh one-page `MAP_SHARED | MAP_ANONYMOUS` mapping where
+/// the kernel picks (an older kernel refuses the unknown flag with
+/// `EINVAL`), unmaps both and remembers the answer for the process.
+///
+/// ```no_run
+/// if !mremap_dup::is_supported() {
+///     eprintln!("no MREMAP_DUP: fall back to a shadow copy");
+/// }
+/// ```
 pub fn is_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(probe)
+}
+
+fn probe() -> bool {
     let page = page_size();
-    // SAFETY: address 0 holds no mapping, so nothing can be duplicated or
-    // replaced: the call can only fail.
-    let res = unsafe { mremap_raw(0, page, page, RemapFlags::DUP, 0) };
-    res == Err(Errno::EFAULT)
+    let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+    // SAFETY: a fresh mapping where the kernel picks.
+    let p = unsafe { libc::mmap(core::ptr::null_mut(), page, libc::PROT_READ, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: MREMAP_DUP without MREMAP_FIXED replaces nothing.
+    let dup = unsafe { mremap_raw(p as usize, page, page, RemapFlags::DUP, 0) };
+    // SAFETY: both mappings were made here and nothing references them.
+    unsafe {
+        if let Ok(q) = dup {
+            libc::munmap(q as *mut c_void, page);
+        }
+        libc::munmap(p, page);
+    }
+    dup.is_ok()
 }
 
 /// The base page size.
