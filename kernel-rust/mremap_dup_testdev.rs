@@ -10,10 +10,11 @@
 //! | flavour | how | flags |
 //! | --- | --- | --- |
 //! | 0 `REMAP_PFN` | `remap_pfn_range()` at mmap time, no fault handler | `VM_PFNMAP \| VM_IO` |
-//! | 1 `FAULT_PFN` | `vmf_insert_pfn()` from `->fault` | `VM_PFNMAP \| VM_IO` |
+//! | 1 `FAULT_PFN` | `vmf_insert_pfn()` from `->fault`, page at the file offset | `VM_PFNMAP \| VM_IO \| VM_LINEAR_PGOFF` |
 //! | 2 `MIXED` | `vm_insert_page()` at mmap time, no fault handler | `VM_MIXEDMAP` |
 //! | 3 `DONTCOPY` | as `REMAP_PFN`, plus `VM_DONTCOPY` | |
 //! | 4 `PAT_WC` | one `remap_pfn_range()` of the whole VMA onto non-RAM, write-combining | `VM_PFNMAP \| VM_IO` |
+//! | 5 `FAULT_REL` | `vmf_insert_pfn()` from `->fault`, page at the offset into the VMA | `VM_PFNMAP \| VM_IO` |
 //!
 //! Only shared mappings are offered (`MAP_PRIVATE` gets `EINVAL`), as DRM's
 //! GEM shmem and TTM helpers do: a private mapping of PFNs is a
@@ -50,7 +51,7 @@ use kernel::{
     fs::File,
     ioctl::{_IOC_SIZE, _IOR},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
-    mm::virt::{flags, vm_flags_t, VmaNew},
+    mm::virt::{flags, vm_flags_t, VmaNew, VmaRef},
     new_mutex,
     page::{AsPageIter, PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
@@ -65,8 +66,8 @@ use kernel::{
 #[path = "testdev_abi.rs"]
 mod abi;
 use abi::{
-    Counts, PatBase, DONTCOPY, FAULT_PFN, FLAVOURS, FLAVOUR_STRIDE, IOCTL_TYPE, MAGIC, MIXED, NAME,
-    NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC, REMAP_PFN,
+    Counts, PatBase, DONTCOPY, FAULT_PFN, FAULT_REL, FLAVOURS, FLAVOUR_STRIDE, IOCTL_TYPE, MAGIC,
+    MIXED, NAME, NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC, REMAP_PFN,
 };
 
 const GET_OPENS: u32 = _IOR::<Counts>(IOCTL_TYPE as u32, NR_GET_OPENS as u32);
@@ -271,23 +272,21 @@ unsafe extern "C" fn vm_close(vma: *mut bindings::vm_area_struct) {
     }
 }
 
-/// `vm_operations_struct::fault` of `FAULT_PFN`: inserts the PFN of the
-/// faulting page.
+/// Inserts the PFN of page `index` of the memory at the faulting address.
 ///
 /// # Safety
 ///
-/// Called by the kernel with a valid `vm_fault` for a `FAULT_PFN` VMA of
-/// ours, under the mmap or VMA lock.
-unsafe extern "C" fn vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
-    // SAFETY: the kernel calls ->fault with a valid vm_fault for our VMA.
-    let (vma, pgoff, address) = unsafe {
+/// `vmf` is the valid `vm_fault` of a fault on a `FAULT_PFN` or `FAULT_REL`
+/// VMA of ours, under the mmap or VMA lock.
+unsafe fn insert_page(vmf: *mut bindings::vm_fault, index: usize) -> bindings::vm_fault_t {
+    // SAFETY: a valid vm_fault (the function's safety requirement).
+    let (vma, address) = unsafe {
         let f = &(*vmf).__bindgen_anon_1;
-        (f.vma, f.pgoff, f.address)
+        (f.vma, f.address)
     };
     // SAFETY: the VMA is live and holds the reference in vm_private_data.
     let mem = unsafe { <Arc<Memory> as ForeignOwnable>::borrow((*vma).vm_private_data) };
-    // The page of the memory: the file offset within the flavour.
-    let Some(&pfn) = mem.pfns.get(pgoff % FLAVOUR_STRIDE) else {
+    let Some(&pfn) = mem.pfns.get(index) else {
         return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
     };
     // SAFETY: vmf_insert_pfn()'s BUG_ON()s do not fire: the VMA was set up
@@ -298,23 +297,61 @@ unsafe extern "C" fn vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_faul
     unsafe { bindings::vmf_insert_pfn(vma, address, pfn) }
 }
 
+/// `vm_operations_struct::fault` of `FAULT_PFN`: the page at the fault's file
+/// offset within the flavour, whichever VMA maps it (`VM_LINEAR_PGOFF`).
+///
+/// # Safety
+///
+/// Called by the kernel with a valid `vm_fault` for a `FAULT_PFN` VMA of
+/// ours, under the mmap or VMA lock.
+unsafe extern "C" fn vm_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    // SAFETY: the kernel calls ->fault with a valid vm_fault.
+    let pgoff = unsafe { (*vmf).__bindgen_anon_1.pgoff };
+    // SAFETY: as this function's own safety requirement.
+    unsafe { insert_page(vmf, pgoff % FLAVOUR_STRIDE) }
+}
+
+/// `vm_operations_struct::fault` of `FAULT_REL`: the page at the fault's
+/// offset into the VMA, as drm_gem_shmem finds it, whatever `vm_pgoff` says.
+/// A VMA mapping part of the memory would see its first page: such a mapping
+/// is what `MREMAP_DUP` must refuse.
+///
+/// # Safety
+///
+/// Called by the kernel with a valid `vm_fault` for a `FAULT_REL` VMA of
+/// ours, under the mmap or VMA lock.
+unsafe extern "C" fn vm_fault_rel(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    // SAFETY: the kernel calls ->fault with a valid vm_fault, for a VMA that
+    // stays valid, with the mmap or VMA lock held, during this call.
+    let index = unsafe {
+        let f = &(*vmf).__bindgen_anon_1;
+        (f.address - VmaRef::from_raw(f.vma).start()) / PAGE_SIZE
+    };
+    // SAFETY: as this function's own safety requirement.
+    unsafe { insert_page(vmf, index) }
+}
+
 /// `vm_operations_struct` made of function pointers only.
 struct VmOps(bindings::vm_operations_struct);
 // SAFETY: immutable, and made of function pointers and None: sharing it
 // between threads is what the kernel does with every vm_operations_struct.
 unsafe impl Sync for VmOps {}
 
-const fn vm_ops(fault: bool) -> VmOps {
+/// A `vm_operations_struct::fault` handler.
+type FaultFn = unsafe extern "C" fn(*mut bindings::vm_fault) -> bindings::vm_fault_t;
+
+const fn vm_ops(fault: Option<FaultFn>) -> VmOps {
     VmOps(bindings::vm_operations_struct {
         open: Some(vm_open),
         close: Some(vm_close),
-        fault: if fault { Some(vm_fault) } else { None },
+        fault,
         ..pin_init::zeroed()
     })
 }
 
-static OPS_NOFAULT: VmOps = vm_ops(false);
-static OPS_FAULT: VmOps = vm_ops(true);
+static OPS_NOFAULT: VmOps = vm_ops(None);
+static OPS_FAULT: VmOps = vm_ops(Some(vm_fault));
+static OPS_FAULT_REL: VmOps = vm_ops(Some(vm_fault_rel));
 
 /// Completes the setup of a VMA of `flavour`: our vm_ops, and the VMA's own
 /// reference to the memory in `vm_private_data`; counts the mapping as
@@ -510,7 +547,13 @@ impl MiscDevice for TestDev {
             }
             FAULT_PFN => {
                 VmaPfnMap::new(vma)?;
+                // vm_fault() finds the page from the file offset alone.
+                vma.set_linear_pgoff();
                 &OPS_FAULT
+            }
+            FAULT_REL => {
+                VmaPfnMap::new(vma)?;
+                &OPS_FAULT_REL
             }
             MIXED => {
                 let mixed = vma.set_mixedmap();

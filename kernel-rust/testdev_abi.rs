@@ -33,7 +33,9 @@ pub(crate) const FLAVOUR_STRIDE: usize = 256;
 
 /// `remap_pfn_range()` at mmap time, no fault handler (`VM_PFNMAP | VM_IO`).
 pub(crate) const REMAP_PFN: usize = 0;
-/// `vmf_insert_pfn()` from `->fault` (`VM_PFNMAP | VM_IO`).
+/// `vmf_insert_pfn()` from `->fault` of the page at the fault's file offset
+/// (`VM_PFNMAP | VM_IO`), declared with `VM_LINEAR_PGOFF`: any part of it may
+/// be duplicated.
 pub(crate) const FAULT_PFN: usize = 1;
 /// `vm_insert_page()` at mmap time, no fault handler (`VM_MIXEDMAP`).
 pub(crate) const MIXED: usize = 2;
@@ -42,8 +44,12 @@ pub(crate) const DONTCOPY: usize = 3;
 /// One write-combining `remap_pfn_range()` of the whole VMA onto memory that
 /// is not System RAM (`pat_base=`), which x86 PAT tracks.
 pub(crate) const PAT_WC: usize = 4;
+/// `vmf_insert_pfn()` from `->fault` of the page at the fault's offset into
+/// the VMA, ignoring the file offset, as drm_gem_shmem does
+/// (`VM_PFNMAP | VM_IO`, not `VM_LINEAR_PGOFF`): duplicated whole only.
+pub(crate) const FAULT_REL: usize = 5;
 /// The number of flavours.
-pub(crate) const FLAVOURS: usize = 5;
+pub(crate) const FLAVOURS: usize = 6;
 
 /// The mmap offset, in bytes, of `flavour` for pages of `page_size` bytes.
 pub(crate) const fn flavour_offset(flavour: usize, page_size: usize) -> usize {

@@ -385,6 +385,52 @@ fn drm_qxl_dumb_buffer() -> TestResult {
     dumb_buffer_lifecycle("qxl", Freed::QxlBuffers)
 }
 
+/// The fbdev emulation of the DRM drivers (/dev/fb0, deferred I/O) is a
+/// character device mapping without device flags: its fault handler returns
+/// pages (`fb_deferred_io_fault()`), and no VM_PFNMAP, VM_MIXEDMAP or VM_IO
+/// says it is a device mapping. Only regular files may be duplicated in part
+/// (a driver's fault handler may read `vm_pgoff` as anything, as UIO's reads
+/// a region index), so a part of it is EINVAL, with both mappings as they
+/// were, and the whole mapping duplicates and shares its pages.
+fn drm_fbdev_char_device_subrange_refused() -> TestResult {
+    require_dup()?;
+    let fb = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fb0")
+        .map_err(|e| Failure::Fail(format!("/dev/fb0: {e} (DRM fbdev emulation is configured)")))?;
+    let p = page();
+    let orig = map(0, 2 * p, RW, libc::MAP_SHARED, fb.as_raw_fd(), 0).ctx("mmap of /dev/fb0")?;
+    poke(orig.addr, 0x0fb0_0000);
+    poke(orig.addr + p, 0x0fb0_0001);
+    let flags = vm_flags_at(orig.addr);
+    check!(
+        !flags.iter().any(|f| ["io", "pf", "mm"].contains(&f.as_str())),
+        "premise: /dev/fb0's mapping has device flags {flags:?}, so it cannot show the rule for character devices"
+    );
+    let res = reserve(2, true)?;
+    let ranges = [(orig.addr, orig.len, true), (res.addr, res.len, false)];
+    let snap = snapshot(&ranges);
+    expect_errno(
+        "DUP of part of a /dev/fb0 mapping",
+        dup_raw(orig.addr + p, p, p, F::DUP | F::FIXED, res.addr),
+        Errno::EINVAL,
+    )?;
+    check!(snapshot(&ranges) == snap, "source or destination changed");
+    dup_raw(orig.addr, 2 * p, 2 * p, F::DUP | F::FIXED, res.addr)
+        .ctx("DUP of the whole mapping")?;
+    check!(
+        peek(res.addr + p) == 0x0fb0_0001,
+        "whole duplicate of /dev/fb0: page 1 differs from the original's"
+    );
+    poke(res.addr, 0x0fb0_1111);
+    check!(
+        peek(orig.addr) == 0x0fb0_1111,
+        "write via the duplicate of /dev/fb0 not seen via the original"
+    );
+    Ok(())
+}
+
 /// The tests of this module.
 pub const TESTS: &[Test] = crate::tests![
     drm_vgem_dumb_buffer,
@@ -392,4 +438,5 @@ pub const TESTS: &[Test] = crate::tests![
     drm_bochs_dumb_buffer,
     drm_qxl_dumb_buffer,
     drm_qxl_vram_eviction,
+    drm_fbdev_char_device_subrange_refused,
 ];

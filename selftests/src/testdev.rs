@@ -30,8 +30,9 @@ use mremap_dup::RemapFlags as F;
 #[path = "../../kernel-rust/testdev_abi.rs"]
 mod abi;
 use abi::{
-    flavour_offset, Counts, PatBase, DEV_PATH, DONTCOPY, FAULT_PFN, FLAVOURS, IOCTL_TYPE, MAGIC,
-    MIXED, NAME, NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC, REMAP_PFN,
+    flavour_offset, Counts, PatBase, DEV_PATH, DONTCOPY, FAULT_PFN, FAULT_REL, FLAVOURS,
+    IOCTL_TYPE, MAGIC, MIXED, NAME, NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC,
+    REMAP_PFN,
 };
 
 const PAT_LIST: &str = "/sys/kernel/debug/x86/pat_memtype_list";
@@ -157,6 +158,79 @@ fn testdev_remap_pfn_copied() -> TestResult {
 
 fn testdev_fault_pfn() -> TestResult {
     flavour_dup(FAULT_PFN, "vmf_insert_pfn from ->fault")
+}
+
+fn testdev_fault_rel() -> TestResult {
+    flavour_dup(
+        FAULT_REL,
+        "vmf_insert_pfn from ->fault, offset into the VMA",
+    )
+}
+
+/// Checks that page `i` at `addr` starts with the magic word of memory page
+/// `pages[i]`.
+fn check_pages(what: &str, addr: usize, pages: &[usize]) -> TestResult {
+    for (i, &p) in pages.iter().enumerate() {
+        let got = peek(addr + i * page());
+        check!(
+            got == MAGIC + p as u64,
+            "{what}: page {i} starts with {got:#x}, expected memory page {p} ({:#x})",
+            MAGIC + p as u64
+        );
+    }
+    Ok(())
+}
+
+/// Parts of a `VM_LINEAR_PGOFF` mapping (FAULT_PFN) stitched into one
+/// reservation, in another order: the last two pages, then the first. Done
+/// before the original is touched, so that the duplicates' pages come from
+/// the fault handler with the duplicates' file offsets (madvise() cannot zap
+/// a VM_PFNMAP mapping to make them refault later). Each part is one more
+/// open, and one more close when it goes.
+fn testdev_linear_subranges_stitched() -> TestResult {
+    require_dup()?;
+    let fd = open_dev()?;
+    let orig = map_flavour(&fd, FAULT_PFN)?;
+    let (o0, c0) = counts(&fd, FAULT_PFN)?;
+    let res = reserve(3, true)?;
+    let p = page();
+    dup_raw(orig.addr + 2 * p, 2 * p, 2 * p, F::DUP | F::FIXED, res.addr)
+        .ctx("DUP|FIXED of pages 2-3")?;
+    dup_raw(orig.addr, p, p, F::DUP | F::FIXED, res.addr + 2 * p).ctx("DUP|FIXED of page 0")?;
+    let (o1, c1) = counts(&fd, FAULT_PFN)?;
+    check!(
+        o1 == o0 + 2 && c1 == c0,
+        "open/close {o0}/{c0} -> {o1}/{c1} after two DUPs, expected two opens"
+    );
+    let stitched = [2, 3, 0];
+    check_pages("stitched, faulted through the parts", res.addr, &stitched)?;
+    poke(res.addr + 8, 0xabcd);
+    check!(
+        peek(orig.addr + 2 * p + 8) == 0xabcd,
+        "write via the stitched view not seen via the original"
+    );
+    check_magic("original", orig.addr)?;
+    drop(res);
+    let (o2, c2) = counts(&fd, FAULT_PFN)?;
+    check!(
+        o2 == o1 && c2 == c1 + 2,
+        "open/close {o1}/{c1} -> {o2}/{c2} after munmap of the parts, expected two closes"
+    );
+    Ok(())
+}
+
+/// A part of a populated `VM_LINEAR_PGOFF` mapping: its entries are copied,
+/// and are the pages at the part's offsets.
+fn testdev_linear_subrange_copied() -> TestResult {
+    require_dup()?;
+    let fd = open_dev()?;
+    let orig = map_flavour(&fd, FAULT_PFN)?;
+    check_magic("original", orig.addr)?;
+    let res = reserve(2, true)?;
+    let p = page();
+    dup_raw(orig.addr + p, 2 * p, 2 * p, F::DUP | F::FIXED, res.addr)
+        .ctx("DUP|FIXED of pages 1-2")?;
+    check_pages("part of a populated mapping", res.addr, &[1, 2])
 }
 
 fn testdev_mixedmap_copied() -> TestResult {
@@ -287,6 +361,22 @@ fn testdev_dontcopy_refused() -> TestResult {
     require_dup()?;
     refused("VM_DONTCOPY device mapping", DONTCOPY, 0, PAGES * page())?;
     Ok(())
+}
+
+/// FAULT_REL's fault handler maps the page at the offset into the VMA, as
+/// drm_gem_shmem's does: a part would fault in the wrong pages, so only the
+/// whole mapping is duplicated, before or after the original is touched.
+fn testdev_fault_rel_subrange_refused() -> TestResult {
+    require_dup()?;
+    let (_fd, orig, res) = refused(
+        "part of a mapping whose faults ignore the file offset",
+        FAULT_REL,
+        page(),
+        page(),
+    )?;
+    dup_raw(orig.addr, orig.len, orig.len, F::DUP | F::FIXED, res.addr)
+        .ctx("DUP of the whole mapping")?;
+    check_magic("whole duplicate", res.addr)
 }
 
 fn testdev_subrange_refused() -> TestResult {
@@ -587,12 +677,16 @@ fn testdev_pat_base_validated() -> TestResult {
 pub const TESTS: &[Test] = crate::tests![
     testdev_remap_pfn_copied,
     testdev_fault_pfn,
+    testdev_fault_rel,
+    testdev_linear_subranges_stitched,
+    testdev_linear_subrange_copied,
     testdev_mixedmap_copied,
     testdev_pat_wc,
     testdev_pat_untracked_original_first,
     testdev_pat_untracked_duplicate_first,
     testdev_dontcopy_refused,
     testdev_subrange_refused,
+    testdev_fault_rel_subrange_refused,
     testdev_private_mapping_refused,
     testdev_rmmod_busy_while_open,
     // Last: these unload the module, and load it again before they end.
