@@ -87,6 +87,12 @@ echo "selftests exit $?" >>"$results/exit.txt"
 kself=$(dirname "$moddir")/kselftest
 "$kself/mremap_dup" >"$results/kselftest.ktap" 2>&1
 echo "kselftest exit $?" >>"$results/exit.txt"
+# The helper a WoW64 layer calls: dup_range() of crates/mremap-dup and its C
+# twin include/mremap_dup.h (built by build-c-tests.sh).
+"$bin/mremap-dup-helper-tests" >"$results/helper.ktap" 2>&1
+echo "helper exit $?" >>"$results/exit.txt"
+"$repo/target/c-tests/mremap-dup-helper-tests-c" >"$results/helper-c.ktap" 2>&1
+echo "helper-c exit $?" >>"$results/exit.txt"
 # Fault injection over every allocation of a DUP, and DUP racing madvise and
 # faults (short: 5 s here; longer with --seconds N by hand).
 "$bin/mremap-dup-stress" --seconds 5 >"$results/stress.ktap" 2>&1

@@ -86,6 +86,10 @@ PROGRAMS = [
     # selftests/src/stress.rs prints no "# Totals" line (yet): its plan and
     # exit status are checked.
     ("stress", "stress.ktap", False),
+    # dup_range() of crates/mremap-dup (selftests/src/helper_tests.rs) and
+    # of include/mremap_dup.h (tests/c/mremap_dup_helper_test.c).
+    ("helper", "helper.ktap", True),
+    ("helper-c", "helper-c.ktap", True),
 ]
 
 

@@ -54,6 +54,7 @@ timed "Rust test device module ($flavour)" "$REPO/scripts/build-module.sh" "$fla
 	log "the test device did not build: its tests will fail"
 timed "Rust selftests build" cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
 timed "C kselftest and KUnit module build ($flavour)" "$REPO/scripts/build-kselftest.sh" "$flavour"
+timed "C tests of include/mremap_dup.h build" "$REPO/scripts/build-c-tests.sh"
 
 results=$CACHE/results/$flavour
 timed "guest run ($flavour)" "$REPO/scripts/boot.sh" "$flavour" test "$results"
