@@ -2,15 +2,17 @@
 
 //! Demo: duplicate a memfd mapping and a vgem DRM buffer object's mapping
 //! below 4 GiB with MREMAP_DUP and show a write through each mapping seen
-//! through the other.
+//! through the other; then the WoW64 case end to end with the helper
+//! `dup_range()`: a pointer into the middle of a GPU buffer mapped high.
 
 #[path = "card.rs"]
 mod card;
+mod vgem;
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::ptr::NonNull;
 
-use mremap_dup::{dup, is_supported, page_size, Placement};
+use mremap_dup::{dup, dup_range, is_supported, page_size, Placement, RangePlacement};
 
 /// Duplicates the `len` bytes mapped at `orig` into a PROT_NONE reservation
 /// below 4 GiB (as WoW64 keeps for 32-bit code) and shows writes both ways.
@@ -37,8 +39,18 @@ unsafe fn show(what: &str, orig: *mut libc::c_void, len: usize) -> bool {
         "MREMAP_DUP|FIXED duplicate: {dup:p} (below 4 GiB: {})",
         (dup as usize) < (1 << 32)
     );
-    let (o, d) = (orig as *mut u64, dup as *mut u64);
     // SAFETY: both map the same len >= 16 writable bytes.
+    unsafe { both_ways(orig as *mut u64, dup as *mut u64) }
+}
+
+/// Writes a word through `o` and reads it through `d`, then the next word
+/// the other way; prints both and says whether they matched.
+///
+/// # Safety
+///
+/// `o` and `d` map the same 16 writable bytes.
+unsafe fn both_ways(o: *mut u64, d: *mut u64) -> bool {
+    // SAFETY: see `# Safety`.
     unsafe {
         o.write_volatile(0x1111_2222_3333_4444);
         println!(
@@ -75,33 +87,58 @@ fn memfd() -> bool {
 /// A vgem dumb buffer: a DRM GEM mmap (VM_PFNMAP | VM_DONTEXPAND), what a
 /// GPU driver hands Wine.
 fn vgem() -> bool {
-    let card = match card::open_card("vgem") {
-        Ok(c) => c,
+    match vgem::VgemBo::new(256, 256) {
+        // SAFETY: the BO's mapping is shared, read-write and ours.
+        Ok(bo) => unsafe {
+            show(
+                "vgem dumb buffer mapping",
+                bo.addr as *mut libc::c_void,
+                bo.len,
+            )
+        },
+        Err(e) => {
+            eprintln!("vgem: {e}");
+            false
+        }
+    }
+}
+
+/// What a WoW64 layer does with the helper: it holds a pointer into the
+/// middle of a GPU buffer the driver mapped high, and gets the same bytes
+/// below 4 GiB without knowing the mapping. A DRM buffer can only be
+/// duplicated whole, so `dup_range()` duplicates the whole BO and returns
+/// the pointer at the same offset in it.
+fn wow64() -> bool {
+    let bo = match vgem::VgemBo::new(256, 256) {
+        Ok(bo) => bo,
         Err(e) => {
             eprintln!("vgem: {e}");
             return false;
         }
     };
-    let db = drm_ffi::mode::dumbbuffer::create(card.as_fd(), 256, 256, 32, 0)
-        .expect("DRM_IOCTL_MODE_CREATE_DUMB");
-    let off = drm_ffi::mode::dumbbuffer::map(card.as_fd(), db.handle, 0, 0)
-        .expect("DRM_IOCTL_MODE_MAP_DUMB")
-        .offset;
-    let len = db.size as usize;
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    // SAFETY: maps the dumb buffer just created; the mapping is ours.
-    unsafe {
-        let orig = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            prot,
-            libc::MAP_SHARED,
-            card.as_raw_fd(),
-            off as libc::off_t,
-        );
-        assert!(orig != libc::MAP_FAILED);
-        show("vgem dumb buffer mapping", orig, len)
-    }
+    let ptr = bo.addr + bo.len / 2 + 0x40;
+    println!(
+        "WoW64: vgem BO mapped at {:#x}-{:#x}, driver pointer {ptr:#x}",
+        bo.addr,
+        bo.addr + bo.len
+    );
+    let nn = NonNull::new(ptr as *mut libc::c_void).expect("mapped");
+    let d = match dup_range(nn, 64, RangePlacement::Below(1 << 32)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("dup_range of the vgem BO failed: {e}");
+            return false;
+        }
+    };
+    let low = d.as_ptr().as_ptr() as usize;
+    println!(
+        "dup_range(ptr, 64, Below(4 GiB)): {low:#x} (below 4 GiB: {}), whole BO duplicated at {:p} (+{:#x})",
+        low < 1 << 32,
+        d.base(),
+        low - d.base().as_ptr() as usize
+    );
+    // SAFETY: ptr and its duplicate map the same 64 writable bytes.
+    low < 1 << 32 && unsafe { both_ways(ptr as *mut u64, low as *mut u64) }
 }
 
 fn main() {
@@ -109,7 +146,7 @@ fn main() {
         eprintln!("this kernel has no MREMAP_DUP (the detection call gave EINVAL, not EFAULT)");
         std::process::exit(1);
     }
-    let ok = memfd() & vgem();
+    let ok = memfd() & vgem() & wow64();
     println!(
         "MREMAP_DUP demo: {}",
         if ok {
