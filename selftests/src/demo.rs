@@ -143,7 +143,7 @@ fn wow64() -> bool {
 
 fn main() {
     if !is_supported() {
-        eprintln!("this kernel has no MREMAP_DUP (the detection call gave EINVAL, not EFAULT)");
+        eprintln!("this kernel has no MREMAP_DUP (a DUP of a shared anonymous page gave EINVAL)");
         std::process::exit(1);
     }
     let ok = memfd() & vgem() & wow64();

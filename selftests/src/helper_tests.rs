@@ -28,22 +28,11 @@ use nix::errno::Errno;
 use harness::{Context, Failure, TestResult};
 use mremap_dup::{dup_range, dup_range_flags, DupRangeFlags, RangePlacement, Reservation};
 use util::{
-    expect_errno, fill, map, maps_in, memfd, page, peek, poke, reserve, shared_memfd, verify,
-    Mapping, RW,
+    expect_errno, fill, map, maps_in, memfd, page, peek, poke, require_dup, reserve, shared_memfd,
+    verify, Mapping, RW,
 };
 
 const FOUR_GIB: usize = 1 << 32;
-
-/// Skips the test on a kernel without `MREMAP_DUP`.
-fn skip_unless_dup() -> TestResult {
-    if mremap_dup::is_supported() {
-        Ok(())
-    } else {
-        Err(Failure::Skip(
-            "MREMAP_DUP not supported by this kernel (a DUP of a shared anonymous page gave EINVAL)".into(),
-        ))
-    }
-}
 
 fn nn(addr: usize) -> NonNull<c_void> {
     NonNull::new(addr as *mut c_void).expect("null address")
@@ -78,7 +67,7 @@ fn all_maps() -> Vec<String> {
 }
 
 fn memfd_part_of_larger_mapping() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let (_fd, m) = shared_memfd(16)?;
     fill(m.addr, 16, 7);
     let ptr = m.addr + 5 * page() + 128;
@@ -105,7 +94,7 @@ fn memfd_part_of_larger_mapping() -> TestResult {
 }
 
 fn vgem_middle_gives_whole_mapping() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let bo = vgem::VgemBo::new(256, 256).map_err(Failure::Fail)?;
     let off = bo.len / 2 + 64;
     let d = dup_range(nn(bo.addr + off), 16, RangePlacement::Anywhere).ctx("dup_range")?;
@@ -124,7 +113,7 @@ fn vgem_middle_gives_whole_mapping() -> TestResult {
 }
 
 fn vgem_part_refused_with_no_whole() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let bo = vgem::VgemBo::new(256, 256).map_err(Failure::Fail)?;
     let res = dup_range_flags(
         nn(bo.addr + page()),
@@ -136,7 +125,7 @@ fn vgem_part_refused_with_no_whole() -> TestResult {
 }
 
 fn memfd_below_4gib() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let (_fd, m) = shared_memfd(8)?;
     check!(m.addr >= FOUR_GIB, "the memfd was mapped low already");
     let ptr = m.addr + 3 * page() + 256;
@@ -150,7 +139,7 @@ fn memfd_below_4gib() -> TestResult {
 }
 
 fn vgem_below_4gib() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let bo = vgem::VgemBo::new(256, 256).map_err(Failure::Fail)?;
     let off = 17 * page() + 512;
     let d = dup_range(nn(bo.addr + off), 4096, RangePlacement::Below(FOUR_GIB))
@@ -176,7 +165,7 @@ fn wow64_reservation(pages: usize) -> Result<(Mapping, Reservation), Failure> {
 }
 
 fn reservation_first_fit() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let (_fd, m) = shared_memfd(8)?;
     let (r, res) = wow64_reservation(32)?;
     let place = RangePlacement::InReservation(res);
@@ -210,7 +199,7 @@ fn reservation_first_fit() -> TestResult {
 }
 
 fn reservation_exact_address() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let (_fd, m) = shared_memfd(4)?;
     let (r, res) = wow64_reservation(16)?;
     let at = |a: usize| RangePlacement::AtInReservation(res, nn(a));
@@ -238,7 +227,7 @@ fn reservation_exact_address() -> TestResult {
 }
 
 fn reservation_release_restores_prot_none() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let (_fd, m) = shared_memfd(4)?;
     let (r, res) = wow64_reservation(16)?;
     let before = maps_in(r.addr, r.end());
@@ -260,7 +249,7 @@ fn reservation_release_restores_prot_none() -> TestResult {
 }
 
 fn release_unmaps_exactly_the_duplicate() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let (_fd, m) = shared_memfd(4)?;
     let before = all_maps();
     let d = dup_range(nn(m.addr + page()), 8, RangePlacement::Below(FOUR_GIB)).ctx("dup_range")?;
@@ -289,7 +278,7 @@ fn release_unmaps_exactly_the_duplicate() -> TestResult {
 }
 
 fn unmapped_pointer_efault() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let m = map(0, page(), RW, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0).ctx("mmap")?;
     let addr = m.addr;
     drop(m);
@@ -301,7 +290,7 @@ fn unmapped_pointer_efault() -> TestResult {
 }
 
 fn private_mapping_einval() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let m = map(
         0,
         2 * page(),
@@ -316,7 +305,7 @@ fn private_mapping_einval() -> TestResult {
 }
 
 fn range_over_two_mappings_efault() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let r = reserve(4, false)?;
     let (a, b) = (memfd(2 * page(), 0)?, memfd(2 * page(), 0)?);
     let fixed = libc::MAP_SHARED | libc::MAP_FIXED;
@@ -331,7 +320,7 @@ fn range_over_two_mappings_efault() -> TestResult {
 }
 
 fn hugetlb_part_huge_aligned() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     const HUGE: usize = 2 << 20;
     let nr: usize = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
         .ok()
@@ -378,11 +367,11 @@ fn is_supported_leaves_no_mapping() -> TestResult {
         mremap_dup::is_supported() == supported,
         "a second call answered otherwise"
     );
-    skip_unless_dup()
+    require_dup()
 }
 
 fn jit_write_xor_execute() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let got = jit::run(42, 0x1234_5678).map_err(Failure::Fail)?;
     check!(
         got == (42, 0x1234_5678),
@@ -394,7 +383,7 @@ fn jit_write_xor_execute() -> TestResult {
 /// The examples of the crate's documentation, as written there (pointer,
 /// reservation and fallback replaced by real ones).
 fn doc_example_dup_range() -> TestResult {
-    skip_unless_dup()?;
+    require_dup()?;
     let bo = vgem::VgemBo::new(64, 64).map_err(Failure::Fail)?;
     let driver_pointer = || nn(bo.addr + page());
     // dup_range's example.

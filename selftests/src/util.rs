@@ -301,7 +301,7 @@ pub fn dup_raw(
 pub fn require_dup() -> TestResult {
     if !mremap_dup::is_supported() {
         return Err(Failure::Skip(
-            "MREMAP_DUP not supported by this kernel (a DUP of an unmapped address did not give EFAULT)"
+            "MREMAP_DUP not supported by this kernel (a DUP of a shared anonymous page gave EINVAL)"
                 .to_string(),
         ));
     }
