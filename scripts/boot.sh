@@ -4,11 +4,19 @@
 # virtme-ng with all four DRM cards (vgem, virtio-gpu, bochs, qxl) and run
 # scripts/guest-test.sh MODE in it, collecting results into RESULTS.
 #
-# KVM is used when it works here; otherwise TCG (the choice is cached).
-# A splat in the kernel log before the first test is not ours (toolchain.md:
-# an early-boot KASAN report under TCG, which also turns lockdep off): such a
-# boot is retried (up to 8 boots), and said so; if it persists the tests run
-# on a boot that had it, and it counts as a failure.
+# KVM is used when it works here; otherwise TCG (the choice is cached), and
+# the choice is always said, with why (TCG is the norm on a machine whose
+# nested KVM is broken); a boot that fails under KVM is said so and redone
+# under TCG. The choice is also written to RESULTS/accel.txt, which
+# parse-results.py prints.
+# Only the known early-boot KASAN report of toolchain.md (under TCG; it also
+# turns lockdep off) makes a boot worth retrying (up to 8 boots), and said so;
+# if it persists the tests run on a boot that had it, and it counts as a
+# failure. Any other splat during boot is not retried: the tests run and it
+# counts as a failure.
+# A boot that takes longer than BOOT_TIMEOUT is stopped: timeout signals the
+# whole process group (vng and its QEMU; SIGKILL 30 s later), and the QEMU
+# of the boot (its -pidfile) is killed if it is still there.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -20,6 +28,7 @@ kernel=$tree/out/arch/x86/boot/bzImage
 [ -f "$kernel" ] || die "no kernel at $kernel: run scripts/build-kernel.sh $flavour"
 accel_file=$CACHE/accel
 # BOOT_QEMU_OPTS: more QEMU options (scripts/bench.sh: -icount).
+# BOOT_TIMEOUT: seconds before a boot is given up (default 3000).
 qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl ${BOOT_QEMU_OPTS:-}"
 # no5lvl: under TCG vng uses -cpu max, which has LA57, and the unpatched
 # 7.2.13 KASAN kernel then often reports a "wild-memory-access" in
@@ -31,7 +40,12 @@ qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl ${BOOT_QEMU_
 # memmap=1M$0x60000000 takes 1 MiB of the guest's RAM out of System RAM for
 # the test device's PAT_WC flavour: x86 PAT tracks remap_pfn_range() of
 # memory that is not RAM (guest-test.sh passes the address to the module).
-kernel_args='no5lvl memmap=1M$0x60000000'
+#
+# log_buf_len=16M: the whole kernel log of a run stays in the ring buffer
+# (the default 256 KiB would lose the boot, and with it the marker
+# parse-results.py splits the log at, after a few splats).
+kernel_args='no5lvl memmap=1M$0x60000000 log_buf_len=16M'
+pidfile=$results.qemu.pid
 
 boot_once() {
 	local accel=$1 keep=${2:-} kvm_opt=()
@@ -39,13 +53,43 @@ boot_once() {
 	rm -rf "$results"
 	mkdir -p "$results"
 	log "booting $flavour kernel ($accel), mode $mode"
+	rm -f "$pidfile"
 	# vng's output must be piped, never redirected (toolchain.md pitfalls).
-	(cd "$REPO" && timeout --foreground 3000 vng --run "$kernel" --memory 2G --cpus 2 \
-		"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts" \
-		--append="$kernel_args" \
-		--exec "bash ./scripts/guest-test.sh $results $mode $tree/module $keep" 2>&1 |
-		tee "$results.console.log" | grep -E '^(ok|not ok|# Totals|MREMAP_DUP|memfd|wrote|vgem)' || true)
+	# Not --foreground: timeout then signals the whole process group, QEMU
+	# (a child of vng) included; stdin from /dev/null, as a background group
+	# must not read the terminal.
+	# The QEMU of the boot is killed on the writing side of the pipe, as soon
+	# as timeout returns: a QEMU that left the process group would otherwise
+	# keep the pipe, and this function, waiting.
+	local limit=${BOOT_TIMEOUT:-3000}
+	(
+		cd "$REPO" || exit 1
+		vrc=0
+		timeout --kill-after=30 "$limit" vng --run "$kernel" \
+			--memory 2G --cpus 2 \
+			"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts -pidfile $pidfile" \
+			--append="$kernel_args" \
+			--exec "bash ./scripts/guest-test.sh $results $mode $tree/module $keep" </dev/null 2>&1 || vrc=$?
+		case $vrc in
+		124 | 137) log "the guest did not finish within $limit s: stopped (timeout exit $vrc)" ;;
+		esac
+		kill_qemu
+		exit "$vrc"
+	) | tee "$results.console.log" |
+		{ grep -E '^(ok|not ok|# Totals|MREMAP_DUP|memfd|wrote|vgem)' || true; } || true
+	echo "$accel ($accel_why)" >"$results/accel.txt"
 	[ -f "$results/done" ]
+}
+
+# kill_qemu: the QEMU of the last boot, if it outlived vng and timeout.
+kill_qemu() {
+	local pid
+	pid=$(cat "$pidfile" 2>/dev/null) || return 0
+	if [ -n "$pid" ] && grep -qaF -- "$pidfile" "/proc/$pid/cmdline" 2>/dev/null; then
+		log "QEMU $pid of this boot still running: killing it"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	rm -f "$pidfile"
 }
 
 boot_splat() {
@@ -54,20 +98,30 @@ boot_splat() {
 
 # Does KVM work here? Nested KVM on some hosts makes QEMU abort at start
 # ("failed to set MSR 0x10a"): a paused QEMU that is still alive after a few
-# seconds means it works.
+# seconds means it works. Says why not on stdout.
 kvm_works() {
-	[ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
-	local rc=0
-	(timeout 8 qemu-system-x86_64 -enable-kvm -cpu host -m 64 -display none \
-		-nodefaults -machine q35 -S -monitor none >/dev/null 2>&1) 2>/dev/null || rc=$?
-	[ "$rc" = 124 ]
+	[ -r /dev/kvm ] && [ -w /dev/kvm ] || { echo "no usable /dev/kvm"; return 1; }
+	local rc=0 err
+	err=$( (timeout 8 qemu-system-x86_64 -enable-kvm -cpu host -m 64 -display none \
+		-nodefaults -machine q35 -S -monitor none >/dev/null) 2>&1) || rc=$?
+	[ "$rc" = 124 ] && return 0
+	echo "QEMU -enable-kvm exited within 8 s (exit $rc): $(head -c 200 <<<"$err" | tr '\n' ' ')"
+	return 1
 }
 
 accel=$(cat "$accel_file" 2>/dev/null || true)
 if [ -z "$accel" ]; then
-	if kvm_works; then accel=kvm; else accel=tcg; fi
-	log "accelerator: $accel"
+	if why=$(kvm_works); then
+		accel=kvm
+		accel_why="KVM works here"
+	else
+		accel=tcg
+		accel_why="KVM unusable here: $why"
+	fi
+else
+	accel_why="cached in $accel_file (remove it to probe KVM again)"
 fi
+log "accelerator: $accel ($accel_why)"
 
 # Under TCG the early-boot KASAN report came in 3 of 5 boots here: allow a
 # few more boots before running the tests on a boot that had one.
@@ -75,8 +129,11 @@ max_tries=8
 for try in $(seq "$max_tries"); do
 	if ! boot_once "$accel"; then
 		if [ "$accel" = kvm ]; then
-			log "no result under KVM: falling back to TCG (and remembering it)"
+			log "WARNING: no result under KVM: falling back to TCG (and remembering it in $accel_file); the KVM boot's last console lines:"
+			tail -5 "$results.console.log" >&2 || true
+			cp "$results.console.log" "$results.kvm-failed.console.log" 2>/dev/null || true
 			accel=tcg
+			accel_why="fell back: the boot under KVM gave no result (console: $results.kvm-failed.console.log)"
 			echo tcg >"$accel_file"
 			boot_once "$accel" || log "guest did not come back under TCG either"
 		else
@@ -84,8 +141,11 @@ for try in $(seq "$max_tries"); do
 		fi
 	fi
 	[ -f "$results/done" ] && echo "$accel" >"$accel_file"
-	if [ -f "$results/boot-splat" ] || { [ -f "$results/dmesg-boot.txt" ] && boot_splat; }; then
-		log "try $try: splat in the kernel log before the first test:"
+	if [ -f "$results/dmesg-boot.txt" ] && [ ! -f "$results/boot-splat" ] && boot_splat 2>/dev/null; then
+		log "a splat during boot that is not the known early-boot KASAN report: not retried, counted as a failure"
+	fi
+	if [ -f "$results/boot-splat" ]; then
+		log "try $try: the known early-boot KASAN report (toolchain.md) before the first test:"
 		boot_splat || true
 		cp "$results/dmesg-boot.txt" "$results.boot-splat-$try.txt" 2>/dev/null || true
 		if [ "$try" -lt "$max_tries" ]; then

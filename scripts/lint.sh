@@ -7,7 +7,10 @@
 #  - cargo fmt --check and cargo clippy -D warnings on the userspace crates;
 #  - rustfmt --check on kernel-rust/ (the kernel's clippy lints run when
 #    scripts/build-module.sh builds it, with CLIPPY=1);
-#  - scripts/checkpatch.pl --strict on every patch of patches/.
+#  - scripts/checkpatch.pl --strict on every patch of patches/;
+#  - the pipeline's self-test (scripts/tests/: parse-results.py, the
+#    selftests harness, build-kernel.sh, fetch-kernel.sh and boot.sh fed
+#    crafted inputs, their verdicts asserted; host only, about 20 s).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -32,6 +35,7 @@ lint "cargo clippy -D warnings" cargo clippy --release --quiet --manifest-path "
 	--all-targets -- -D warnings
 lint "rustfmt --check kernel-rust" rustfmt --check --edition 2021 "$REPO"/kernel-rust/*.rs
 lint "checkpatch --strict patches/" "$REPO/scripts/check-series.sh"
+lint "pipeline self-test (scripts/tests)" python3 -m unittest discover -s "$REPO/scripts/tests"
 echo "$run tests run, $passed passed, $((run - passed)) failed." >>"$logf"
 cat "$logf"
 [ "$passed" = "$run" ]

@@ -376,6 +376,9 @@ def main():
     for line in t.lines:
         if not line.startswith("PASS"):
             print(line)
+    accel = read("accel.txt")
+    if accel:
+        print(f"guest accelerator: {accel.strip()}")
     if suites:
         print(
             f"kernel built-in KUnit suites (counted in the line below): {builtin.passed} passed, "
