@@ -124,6 +124,26 @@ fn vgem_part_refused_with_no_whole() -> TestResult {
     expect_errno("NO_WHOLE on a part of a DRM BO", res, Errno::EINVAL)
 }
 
+fn whole_flag_duplicates_the_whole_mapping() -> TestResult {
+    require_dup()?;
+    let (_fd, m) = shared_memfd(8)?;
+    let ptr = m.addr + 3 * page();
+    let d = dup_range_flags(nn(ptr), 8, RangePlacement::Anywhere, DupRangeFlags::WHOLE)
+        .ctx("dup_range_flags(WHOLE)")?;
+    check!(
+        d.is_whole_mapping() && d.size() == m.len,
+        "WHOLE duplicated {:#x} bytes",
+        d.size()
+    );
+    check!(
+        addr_of(d.as_ptr()) - addr_of(d.base()) == 3 * page(),
+        "pointer at the wrong offset"
+    );
+    let both = DupRangeFlags::WHOLE | DupRangeFlags::NO_WHOLE;
+    let res = dup_range_flags(nn(ptr), 8, RangePlacement::Anywhere, both);
+    expect_errno("WHOLE | NO_WHOLE", res, Errno::EINVAL)
+}
+
 fn memfd_below_4gib() -> TestResult {
     require_dup()?;
     let (_fd, m) = shared_memfd(8)?;
@@ -423,6 +443,7 @@ fn main() {
         memfd_part_of_larger_mapping,
         vgem_middle_gives_whole_mapping,
         vgem_part_refused_with_no_whole,
+        whole_flag_duplicates_the_whole_mapping,
         memfd_below_4gib,
         vgem_below_4gib,
         reservation_first_fit,

@@ -178,6 +178,35 @@ static int vgem_middle_gives_whole_mapping(void)
 	return shared_both_ways("vgem BO", bo + off, d.ptr);
 }
 
+static int vgem_part_refused_with_no_whole(void)
+{
+	struct mremap_dup_mapping d;
+	size_t size;
+	char *bo;
+
+	REQUIRE_DUP();
+	bo = vgem_bo(256, 256, &size);
+	CHECK(bo, "no vgem buffer object");
+	return expect_errno("NO_WHOLE on a part of a DRM BO",
+			    mremap_dup_range(bo + page, 16, NULL, MREMAP_DUP_NO_WHOLE, &d), EINVAL);
+}
+
+static int whole_flag_duplicates_the_whole_mapping(void)
+{
+	struct mremap_dup_mapping d;
+	char *m;
+
+	REQUIRE_DUP();
+	m = memfd_map(8, 0, page);
+	CHECK(m, "memfd mapping: %s", strerror(errno));
+	CHECK(mremap_dup_range(m + 3 * page, 8, NULL, MREMAP_DUP_WHOLE, &d) == 0, "mremap_dup_range: %s",
+	      strerror(errno));
+	CHECK(d.whole && d.size == 8 * page, "MREMAP_DUP_WHOLE duplicated %zu bytes", d.size);
+	CHECK((char *)d.ptr - (char *)d.base == (ptrdiff_t)(3 * page), "pointer at the wrong offset");
+	return expect_errno("WHOLE | NO_WHOLE",
+			    mremap_dup_range(m, 8, NULL, MREMAP_DUP_WHOLE | MREMAP_DUP_NO_WHOLE, &d), EINVAL);
+}
+
 static int vgem_below_4gib(void)
 {
 	struct mremap_dup_placement below = { .where = MREMAP_DUP_BELOW, .limit = FOUR_GIB };
@@ -348,6 +377,8 @@ struct test {
 static const struct test tests[] = {
 	T(memfd_part_of_larger_mapping),
 	T(vgem_middle_gives_whole_mapping),
+	T(vgem_part_refused_with_no_whole),
+	T(whole_flag_duplicates_the_whole_mapping),
 	T(vgem_below_4gib),
 	T(memfd_below_4gib),
 	T(reservation_first_fit),
