@@ -1,41 +1,62 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# bench.sh: benchmarks as ratios measured in one run (see selftests/src/bench.rs):
-#  - a second view of a 16 MiB buffer: MREMAP_DUP vs mmap(fd)+MAP_POPULATE
-#    vs memcpy to a shadow buffer, on the patched kernel;
-#  - fork() cost on the patched vs the unpatched kernel (the series threads a
-#    destination address through fork's copy_pte_range()): BENCH_BOOTS
-#    (default 2) boots of each kernel, alternating, each giving the median of
-#    21 fork() calls; the patched/unpatched ratio of the medians is compared
-#    with the spread between boots of one kernel, which is the noise floor.
-# The guests run under TCG with -icount shift=0: the guest clock advances by
-# one nanosecond per instruction executed, so guest-measured times count
-# instructions and do not depend on the host's load (under plain TCG the
-# same fork varied 1.8x between boots). Absolute times mean little; the
-# ratios are what to read.
+# bench.sh [--max SIZE] [--icount-check] [--fork]: the MREMAP_DUP benchmarks
+# (selftests/src/bench.rs), in one boot of the benchmark kernel (the series
+# with every debugging option off: build-kernel.sh bench,
+# ci/bench.config.fragment), 4 GiB of guest memory.
+#
+# For every memory kind (memfd, shmem, a file on ext4 on a loop device, a
+# vgem BO, a QXL VRAM BO, each test-device flavour) and size (powers of 4,
+# 4 KiB to --max, default 1 GiB; what does not fit a kind is listed as not
+# measured), the medians of repeated runs of MREMAP_DUP and of its
+# alternatives, turned by scripts/bench-report.py into ratios, each to an
+# alternative measured in the same run, and into plots. Written to
+# $CACHE/results/bench-<timestamp>/ (bench.tsv, bench.md, plots/*.png); the
+# table is copied to docs/bench/bench.md.
+#
+# The guest runs under TCG (no working KVM on the machines this was made
+# on): the numbers are plain TCG wall-clock, as seen by the guest's clock.
+# --icount-check boots a second time under -icount shift=0 (the guest clock
+# counts instructions, independent of the host's load) for a subset (memfd
+# and vgem, up to 16 MiB) and sets its ratios beside the first run's: a
+# stability check, not a result.
+#
+# --fork: instead, the earlier comparison of fork() on the patched and the
+# unpatched debug kernels (the series threads a destination address through
+# fork's copy_pte_range()): BENCH_BOOTS (default 2) boots of each, under
+# -icount, the patched/unpatched ratio of the medians against the spread
+# between boots of one kernel. It stays on the debug kernels because there
+# is no unpatched benchmark kernel to compare with (one more full build).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-boots=${BENCH_BOOTS:-2}
-export BOOT_QEMU_OPTS='-icount shift=0'
-"$REPO/scripts/setup.sh"
-"$REPO/scripts/fetch-kernel.sh"
-"$REPO/scripts/build-kernel.sh" patched
-"$REPO/scripts/build-kernel.sh" unpatched
-"$REPO/scripts/build-module.sh" patched >/dev/null
-cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
-out=$CACHE/results/bench
-rm -rf "$out"
-mkdir -p "$out"
-"$REPO/scripts/boot.sh" patched bench "$out/view"
-for i in $(seq "$boots"); do
-	for k in patched unpatched; do
-		"$REPO/scripts/boot.sh" "$k" bench-fork "$out/fork-$k-$i"
-	done
+max=1G
+icount_check=0
+fork=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	--max) max=$2; shift ;;
+	--icount-check) icount_check=1 ;;
+	--fork) fork=1 ;;
+	*) die "usage: bench.sh [--max SIZE] [--icount-check] [--fork]" ;;
+	esac
+	shift
 done
-echo
-grep -v '^fork' "$out/view/bench.txt"
-python3 - "$out" "$boots" <<'EOF'
+
+fork_comparison() {
+	local boots=${BENCH_BOOTS:-2} out=$CACHE/results/bench-fork i k
+	export BOOT_QEMU_OPTS='-icount shift=0'
+	"$REPO/scripts/build-kernel.sh" patched
+	"$REPO/scripts/build-kernel.sh" unpatched
+	"$REPO/scripts/build-module.sh" patched >/dev/null
+	rm -rf "$out"
+	mkdir -p "$out"
+	for i in $(seq "$boots"); do
+		for k in patched unpatched; do
+			"$REPO/scripts/boot.sh" "$k" bench-fork "$out/fork-$k-$i"
+		done
+	done
+	python3 - "$out" "$boots" <<'EOF'
 import re, statistics, sys
 out, boots = sys.argv[1], int(sys.argv[2])
 med = {}
@@ -57,3 +78,70 @@ elif ratio > 1:
 else:
     print("fork: patched faster than boot-to-boot noise explains")
 EOF
+}
+
+"$REPO/scripts/setup.sh"
+"$REPO/scripts/fetch-kernel.sh"
+cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
+if [ "$fork" = 1 ]; then
+	fork_comparison
+	exit 0
+fi
+"$REPO/scripts/build-kernel.sh" bench
+"$REPO/scripts/build-module.sh" bench >/dev/null
+
+out=$CACHE/results/bench-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$CACHE/results"
+export BOOT_MEMORY=4G BOOT_TIMEOUT=7200
+
+# run DIR ARGS...: one boot of the benchmark kernel running
+# mremap-dup-bench run ARGS (guest-test.sh reads DIR.env).
+run() {
+	local dir=$1
+	shift
+	{
+		printf 'BENCH_ARGS=('
+		printf '%q ' "$@"
+		printf ')\n'
+		# The ext4 image: room for the largest file, sparse on the host.
+		echo "BENCH_EXT4_SIZE=$(python3 -c "import sys; print(int(sys.argv[1]) * 3 // 2 + (256 << 20))" "$max_bytes")"
+	} >"$dir.env"
+	"$REPO/scripts/boot.sh" bench bench "$dir"
+	[ -s "$dir/bench.tsv" ] || die "no results in $dir/bench.tsv (see $dir.console.log, $dir/bench.err)"
+	grep -q 'bench exit 0' "$dir/exit.txt" || die "mremap-dup-bench failed: $(tail -3 "$dir/bench.err")"
+}
+max_bytes=$(python3 -c "
+import sys; s = sys.argv[1]; u = {'K': 10, 'M': 20, 'G': 30}
+print(int(s[:-1]) << u[s[-1].upper()] if s[-1].upper() in u else int(s))" "$max")
+
+start=$(date +%s)
+run "$out" --max "$max"
+elapsed=$(($(date +%s) - start))
+check=()
+if [ "$icount_check" = 1 ]; then
+	BOOT_QEMU_OPTS='-icount shift=0' run "$out/icount" --max 16M --kinds memfd,vgem --vmas ''
+	check=(--check "$out/icount")
+fi
+
+# What the table was measured on.
+{
+	echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --max $max\` in ${elapsed} s:" \
+		"one boot of the benchmark kernel ($(cat "$out/uname.txt" | awk '{print $3}')," \
+		"series $(git -C "$REPO" log -1 --format=%h -- patches) of patches/," \
+		"ci/bench.config.fragment: no KASAN, lockdep, DEBUG_VM, PAGE_TABLE_CHECK, KUnit)," \
+		"guest under QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') TCG" \
+		"(\`$(cat "$CACHE/accel" 2>/dev/null || echo tcg)\`), 2 vCPUs, 4 GiB," \
+		"on a host $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') with $(nproc) cores."
+	echo
+	echo "Absolute times under TCG say little about hardware; the ratios compare two ways of doing"
+	echo "the same thing on the same emulated machine, in the same process, minutes apart."
+	echo
+} >"$out/meta.md"
+
+py=python3
+[ -x "$CACHE/venv/bin/python3" ] && py=$CACHE/venv/bin/python3
+"$py" "$REPO/scripts/bench-report.py" "$out" "${check[@]}" >/dev/null
+mkdir -p "$REPO/docs/bench"
+cp "$out/bench.md" "$REPO/docs/bench/bench.md"
+log "results: $out (bench.tsv, bench.md, plots/); table copied to docs/bench/bench.md"
+sed -n '/^### Headlines/,/^### A second/p' "$out/bench.md" | head -n -1

@@ -28,6 +28,7 @@ kernel=$tree/out/arch/x86/boot/bzImage
 [ -f "$kernel" ] || die "no kernel at $kernel: run scripts/build-kernel.sh $flavour"
 accel_file=$CACHE/accel
 # BOOT_QEMU_OPTS: more QEMU options (scripts/bench.sh: -icount).
+# BOOT_MEMORY: the guest's memory (default 2G; scripts/bench.sh: 4G).
 # BOOT_TIMEOUT: seconds before a boot is given up (default 3000).
 qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl ${BOOT_QEMU_OPTS:-}"
 # no5lvl: under TCG vng uses -cpu max, which has LA57, and the unpatched
@@ -66,7 +67,7 @@ boot_once() {
 		cd "$REPO" || exit 1
 		vrc=0
 		timeout --kill-after=30 "$limit" vng --run "$kernel" \
-			--memory 2G --cpus 2 \
+			--memory "${BOOT_MEMORY:-2G}" --cpus 2 \
 			"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts -pidfile $pidfile" \
 			--append="$kernel_args" \
 			--exec "bash ./scripts/guest-test.sh $results $mode $tree/module $keep" </dev/null 2>&1 || vrc=$?

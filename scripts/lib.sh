@@ -21,6 +21,7 @@ QEMUV=1:10.0.2+ds-2+deb13u1~bpo12+1
 SEABIOSV=1.16.3-2~bpo12+1
 BINDGEN_VERSION=0.73.2
 VNG_VERSION=1.42
+MATPLOTLIB_VERSION=3.11.2
 
 # Two trees and two build dirs, laid out so that the path of the source
 # seen from the build dir is the same ("../src") for both: with

@@ -103,8 +103,17 @@ virtme_ng() {
 	"$CACHE/venv/bin/pip" install -q "virtme-ng==$VNG_VERSION"
 }
 
+# matplotlib in the same venv, for the plots of scripts/bench.sh (which
+# writes its tables without them when the package index is unreachable).
+plotting() {
+	"$CACHE/venv/bin/python3" -c 'import matplotlib' 2>/dev/null && return 0
+	"$CACHE/venv/bin/pip" install -q "matplotlib==$MATPLOTLIB_VERSION" ||
+		log "matplotlib not installed: scripts/bench.sh will write no plots"
+}
+
 timed "apt sources" apt_sources
 timed "apt packages" apt_packages
 timed "rust userspace toolchain + bindgen" rust_userspace
 timed "virtme-ng venv" virtme_ng
+timed "matplotlib" plotting
 log "setup complete"

@@ -1,139 +1,892 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Benchmarks, run in the guest by scripts/bench.sh. Every number is a ratio
-//! against an alternative measured in the same run, never an absolute claim.
+//! Benchmarks of MREMAP_DUP, run in the guest by scripts/bench.sh, which
+//! turns what this prints into ratios (scripts/bench-report.py): every
+//! number reported is a ratio to an alternative measured in the same run.
 //!
-//! 1. Making a 16 MiB shared buffer visible at a second address and reading
-//!    it there: MREMAP_DUP vs mmap(fd, MAP_POPULATE) of the same memfd vs
-//!    memcpy into a shadow buffer (what WoW64 does today).
-//! 2. fork() of a process with 64 MiB of populated private memory, whose
-//!    16384 PTEs fork copies with copy_pte_range() (the loop the series
-//!    threads a destination address through), plus 16 MiB shared (not
-//!    copied: refaulted): run on the patched and the unpatched kernel over
-//!    several boots each, compared by bench.sh.
+//! `mremap-dup-bench run [OPTIONS]` measures, for each memory kind (memfd,
+//! shmem, a file on ext4, a vgem BO, a QXL VRAM BO, each flavour of the test
+//! device) and each size, with the original mapping fully present:
+//!
+//! - `dup`: MREMAP_DUP|MREMAP_FIXED into a PROT_NONE reservation below 4 GiB;
+//! - `dup_read`, `dup_write`: the same, then one read (write) of a word of
+//!   every page through the duplicate;
+//! - `mmap_read`, `mmap_write`: a second mmap(fd) at the same place
+//!   (MAP_FIXED over the reservation), then the same touch;
+//! - `populate_read`: mmap(fd, MAP_POPULATE), then a read of every page;
+//! - `legacy_read`: mremap(old, 0, len, MREMAP_MAYMOVE|MREMAP_FIXED), then a
+//!   read of every page (where the kernel allows it);
+//! - `copy_in`: one memcpy of the buffer into a shadow buffer (private
+//!   anonymous memory, pre-faulted); `copy_cycle`: into it and back, what
+//!   WoW64 does today per map/unmap;
+//! - `munmap_dup`, `munmap_mmap`: munmap of a touched duplicate, of a
+//!   touched second mmap(fd);
+//! - `pass_dup`, `pass_orig`: a second read pass over every page, through
+//!   the duplicate after its first touch, and through the original;
+//! - `dup_empty`, `mmap`: DUP of a mapping with no present entries (a fresh
+//!   mmap(fd), or shmem after MADV_DONTNEED), and a second mmap(fd) alone;
+//! - `steady_dup`, `steady_shadow`: the WoW64 steady state, per cycle over
+//!   `--cycles` map/use/unmap cycles of a persistent driver mapping (use:
+//!   write a word of every page): one duplicate made once and reused, vs a
+//!   copy into the shadow buffer and back every cycle;
+//!
+//! and, for a 64 KiB memfd, `dup` and `mmap` against the number of VMAs in
+//! the process (`--vmas`).
+//!
+//! The methods on one object run in rounds, each once per round in turn.
+//! Output, one line each, tab-separated: `R kind size method median p25 p75
+//! min max n faults` (nanoseconds; the median number of page faults in the
+//! timed part), `T kind size method t1,t2,...` (the times in round order),
+//! the same with kind `vmas` and the number of extra VMAs for size,
+//! `S kind size method reason` for what could not be measured, `#` comments.
+//!
+//! `mremap-dup-bench fork`: fork() of a process with 64 MiB of populated
+//! private memory (the loop the series threads a destination address
+//! through), for a patched/unpatched comparison (`scripts/bench.sh --fork`).
 
 use std::ffi::CString;
-use std::time::Instant;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use mremap_dup::{dup, Placement};
+use mremap_dup::{mremap_raw, RemapFlags as F};
+use nix::errno::Errno;
 
-const LEN: usize = 16 << 20;
-const ROUNDS: usize = 11;
+#[path = "../../kernel-rust/testdev_abi.rs"]
+mod abi;
+#[path = "card.rs"]
+mod card;
+
+const FORK_SHARED: usize = 16 << 20;
 const FORK_PRIVATE: usize = 64 << 20;
 const FORK_ROUNDS: usize = 21;
+const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
 
 fn page() -> usize {
     mremap_dup::page_size()
 }
 
-fn map(len: usize, prot: i32, flags: i32, fd: i32) -> *mut u8 {
-    // SAFETY: a fresh mapping chosen by the kernel.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+/// mmap(2); `Err` with the errno.
+fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: u64) -> Result<usize, Errno> {
+    // SAFETY: callers pass MAP_FIXED only over ranges the benchmark owns.
+    let p = unsafe { libc::mmap(addr as *mut _, len, prot, flags, fd, off as libc::off_t) };
+    if p == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(p as usize)
+    }
+}
+
+fn munmap(addr: usize, len: usize) {
+    // SAFETY: the range is a mapping owned by the benchmark.
+    unsafe { libc::munmap(addr as *mut _, len) };
+}
+
+/// A PROT_NONE reservation, below 4 GiB (where WoW64 needs the second view).
+fn reserve(len: usize) -> usize {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let addr = mmap(1 << 30, len, libc::PROT_NONE, flags, -1, 0).expect("reservation");
     assert!(
-        p != libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
+        addr + len <= 1 << 32,
+        "reservation at {addr:#x} is not below 4 GiB"
     );
-    p.cast()
+    addr
 }
 
-fn unmap(p: *mut u8, len: usize) {
-    // SAFETY: p is a mapping of len bytes owned by the benchmark.
-    unsafe { libc::munmap(p.cast(), len) };
+/// Puts the reservation back over `[addr, addr + len)` (after a second view
+/// replaced it, or was unmapped).
+fn rereserve(addr: usize, len: usize) {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED;
+    mmap(addr, len, libc::PROT_NONE, flags, -1, 0).expect("re-reservation");
 }
 
-/// Reads one word per page: what the 32-bit side does with the buffer.
-fn touch(p: *const u8, len: usize) -> u64 {
+/// MREMAP_DUP|MREMAP_FIXED of `[src, src + len)` onto `dst`.
+fn dup_fixed(src: usize, len: usize, dst: usize) -> Result<usize, Errno> {
+    // SAFETY: dst is a reservation the benchmark owns.
+    unsafe { mremap_raw(src, len, len, F::DUP | F::FIXED, dst) }
+}
+
+/// Reads one word of every page.
+fn touch_read(addr: usize, len: usize) -> u64 {
     let mut sum = 0u64;
     for off in (0..len).step_by(page()) {
-        // SAFETY: p maps len readable bytes.
-        sum = sum.wrapping_add(unsafe { p.add(off).cast::<u64>().read_volatile() });
+        // SAFETY: [addr, addr + len) is a readable mapping.
+        sum = sum.wrapping_add(unsafe { ((addr + off) as *const u64).read_volatile() });
     }
     sum
 }
 
-/// Median of `ROUNDS` runs of `f`, in microseconds.
-fn median_us(f: impl FnMut()) -> f64 {
-    samples_us(ROUNDS, f)[ROUNDS / 2]
+/// Writes one word of every page.
+fn touch_write(addr: usize, len: usize, v: u64) {
+    for off in (0..len).step_by(page()) {
+        // SAFETY: [addr, addr + len) is a writable mapping.
+        unsafe { ((addr + off) as *mut u64).write_volatile(v) };
+    }
 }
 
-/// `rounds` timings of `f`, in microseconds, sorted.
-fn samples_us(rounds: usize, mut f: impl FnMut()) -> Vec<f64> {
-    let mut v: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
+fn copy(from: usize, to: usize, len: usize) {
+    // SAFETY: both are mappings of len bytes that do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, len) };
+}
+
+/// Page faults (minor and major) of the process so far.
+fn faults() -> u64 {
+    // SAFETY: getrusage() fills the struct it is given.
+    let ru = unsafe {
+        let mut ru = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    (ru.ru_minflt + ru.ru_majflt) as u64
+}
+
+/// Page faults during the last [`time`].
+static LAST_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// The time `f` takes; the page faults it took go to [`LAST_FAULTS`].
+fn time(f: impl FnOnce()) -> Duration {
+    let f0 = faults();
+    let t = Instant::now();
+    f();
+    let d = t.elapsed();
+    LAST_FAULTS.store(faults() - f0, Ordering::Relaxed);
+    d
+}
+
+/// How many times to repeat a measurement.
+#[derive(Clone, Copy)]
+struct Reps {
+    /// At least this many timed runs ...
+    min: usize,
+    /// ... and more until this much time was spent, up to `max` runs.
+    budget: Duration,
+    max: usize,
+}
+
+/// A memory object and its original mapping, fully present.
+struct Object {
+    /// What to mmap for a second mapping: (fd, offset); None for shmem.
+    fd: Option<(OwnedFd, u64)>,
+    /// The original mapping.
+    orig: usize,
+    len: usize,
+    /// Run when the object goes (BO handles, files).
+    cleanup: Option<Box<dyn FnOnce()>>,
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        munmap(self.orig, self.len);
+        if let Some(f) = self.cleanup.take() {
             f();
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v
+        }
+    }
 }
 
-fn second_view() {
-    let name = CString::new("bench").unwrap();
-    // SAFETY: plain system calls on a fresh memfd.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-    // SAFETY: as above.
-    assert!(fd >= 0 && unsafe { libc::ftruncate(fd, LEN as libc::off_t) } == 0);
-    let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let orig = map(LEN, rw, libc::MAP_SHARED | libc::MAP_POPULATE, fd);
-    // SAFETY: orig maps LEN writable bytes.
-    unsafe { orig.write_bytes(0x5a, LEN) };
+impl Object {
+    fn new(fd: Option<(OwnedFd, u64)>, len: usize) -> Result<Self, String> {
+        let orig = match &fd {
+            Some((fd, off)) => mmap(0, len, RW, libc::MAP_SHARED, fd.as_raw_fd(), *off),
+            None => mmap(0, len, RW, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0),
+        }
+        .map_err(|e| format!("mmap of the original: {e}"))?;
+        Ok(Self {
+            fd,
+            orig,
+            len,
+            cleanup: None,
+        })
+    }
 
-    let t_dup = median_us(|| {
-        // SAFETY: Anywhere replaces nothing.
-        let d =
-            unsafe { dup(orig.cast(), LEN, Placement::Anywhere) }.expect("MREMAP_DUP") as *mut u8;
-        touch(d, LEN);
-        unmap(d, LEN);
+    /// A second mmap of the object at `addr` (MAP_FIXED), if it has an fd.
+    fn map_at(&self, addr: usize, extra: i32) -> Option<usize> {
+        let (fd, off) = self.fd.as_ref()?;
+        let flags = libc::MAP_SHARED | libc::MAP_FIXED | extra;
+        Some(mmap(addr, self.len, RW, flags, fd.as_raw_fd(), *off).expect("second mmap"))
+    }
+}
+
+fn memfd(len: usize) -> Result<OwnedFd, String> {
+    let name = CString::new("bench").unwrap();
+    // SAFETY: name is a valid C string.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", Errno::last()));
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    ftruncate(&fd, len)?;
+    Ok(fd)
+}
+
+fn ftruncate(fd: &OwnedFd, len: usize) -> Result<(), String> {
+    // SAFETY: a plain system call on an open fd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(format!("ftruncate: {}", Errno::last()));
+    }
+    Ok(())
+}
+
+/// `struct drm_qxl_alloc` (include/uapi/drm/qxl_drm.h).
+#[repr(C)]
+struct QxlAlloc {
+    size: u32,
+    handle: u32,
+}
+
+/// `struct drm_qxl_map` (include/uapi/drm/qxl_drm.h).
+#[repr(C)]
+struct QxlMap {
+    offset: u64,
+    handle: u32,
+    pad: u32,
+}
+
+// DRM_IOCTL_BASE 'd', DRM_COMMAND_BASE 0x40, DRM_QXL_ALLOC 0, DRM_QXL_MAP 1.
+nix::ioctl_readwrite!(qxl_alloc_ioctl, b'd', 0x40, QxlAlloc);
+nix::ioctl_readwrite!(qxl_map_ioctl, b'd', 0x41, QxlMap);
+
+/// QXL's VRAM manager from debugfs `qxl_mem_mm`: (total, used) bytes.
+fn qxl_vram() -> Option<(usize, usize)> {
+    for e in std::fs::read_dir("/sys/kernel/debug/dri").ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path().join("qxl_mem_mm")) else {
+            continue;
+        };
+        let line = text.lines().find(|l| l.starts_with("total:"))?;
+        let n: Vec<usize> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        return Some((n.first()? * page(), n.get(1)? * page()));
+    }
+    None
+}
+
+/// The memory kinds, by name.
+#[derive(Clone)]
+enum Kind {
+    Memfd,
+    Shmem,
+    /// A file in this directory (a page-cache filesystem: ext4).
+    File(String),
+    Vgem,
+    QxlVram,
+    Testdev(usize),
+}
+
+fn testdev_name(f: usize) -> &'static str {
+    match f {
+        abi::REMAP_PFN => "testdev-remap_pfn",
+        abi::FAULT_PFN => "testdev-fault_pfn",
+        abi::MIXED => "testdev-mixed",
+        abi::DONTCOPY => "testdev-dontcopy",
+        abi::PAT_WC => "testdev-pat_wc",
+        abi::FAULT_REL => "testdev-fault_rel",
+        _ => "testdev-unknown",
+    }
+}
+
+impl Kind {
+    fn name(&self) -> String {
+        match self {
+            Kind::Memfd => "memfd".into(),
+            Kind::Shmem => "shmem".into(),
+            Kind::File(_) => "ext4".into(),
+            Kind::Vgem => "vgem".into(),
+            Kind::QxlVram => "qxl-vram".into(),
+            Kind::Testdev(f) => testdev_name(*f).into(),
+        }
+    }
+
+    /// The object of `len` bytes with its original mapping, every page
+    /// written once (present, and dirty where that matters).
+    fn create(&self, len: usize) -> Result<Object, String> {
+        let obj = match self {
+            Kind::Memfd => Object::new(Some((memfd(len)?, 0)), len)?,
+            Kind::Shmem => Object::new(None, len)?,
+            Kind::File(dir) => {
+                let path = format!("{dir}/bench-{len}");
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(|e| format!("{path}: {e}"))?;
+                let fd: OwnedFd = f.into();
+                ftruncate(&fd, len)?;
+                let mut o = Object::new(Some((fd, 0)), len)?;
+                o.cleanup = Some(Box::new(move || {
+                    let _ = std::fs::remove_file(&path);
+                }));
+                o
+            }
+            Kind::Vgem => {
+                let card = card::open_card("vgem")?;
+                // 1024 pixels of 4 bytes: one page per row.
+                let rows = (len / 4096).max(1) as u32;
+                let db = drm_ffi::mode::dumbbuffer::create(card.as_fd(), 1024, rows, 32, 0)
+                    .map_err(|e| format!("vgem CREATE_DUMB: {e}"))?;
+                if db.size as usize != len {
+                    return Err(format!("vgem dumb buffer of {} bytes", db.size));
+                }
+                let map = drm_ffi::mode::dumbbuffer::map(card.as_fd(), db.handle, 0, 0)
+                    .map_err(|e| format!("vgem MAP_DUMB: {e}"))?;
+                let handle = db.handle;
+                let keep = card.try_clone().map_err(|e| e.to_string())?;
+                let mut o = Object::new(Some((card, map.offset)), len)?;
+                o.cleanup = Some(Box::new(move || {
+                    let _ = drm_ffi::mode::dumbbuffer::destroy(keep.as_fd(), handle);
+                }));
+                o
+            }
+            Kind::QxlVram => {
+                let card = card::open_card("qxl")?;
+                let (total, used) = qxl_vram().ok_or("no qxl_mem_mm in debugfs")?;
+                let mut alloc = QxlAlloc {
+                    size: len as u32,
+                    handle: 0,
+                };
+                // SAFETY: DRM_IOCTL_QXL_ALLOC reads and writes a drm_qxl_alloc.
+                if len > total || unsafe { qxl_alloc_ioctl(card.as_raw_fd(), &mut alloc) }.is_err()
+                {
+                    return Err(format!(
+                        "QXL VRAM too small: {} KiB, {} KiB in use",
+                        total >> 10,
+                        used >> 10
+                    ));
+                }
+                let mut map = QxlMap {
+                    offset: 0,
+                    handle: alloc.handle,
+                    pad: 0,
+                };
+                // SAFETY: DRM_IOCTL_QXL_MAP reads and writes a drm_qxl_map.
+                unsafe { qxl_map_ioctl(card.as_raw_fd(), &mut map) }
+                    .map_err(|e| format!("QXL_MAP: {e}"))?;
+                let handle = alloc.handle;
+                let keep = card.try_clone().map_err(|e| e.to_string())?;
+                let mut o = Object::new(Some((card, map.offset)), len)?;
+                o.cleanup = Some(Box::new(move || {
+                    let _ = drm_ffi::gem::close(keep.as_fd(), handle);
+                }));
+                o
+            }
+            Kind::Testdev(f) => {
+                if len > abi::PAGES * page() {
+                    return Err(format!("the test device maps at most {} pages", abi::PAGES));
+                }
+                let dev = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(abi::DEV_PATH.to_str().unwrap_or_default())
+                    .map_err(|e| format!("test device: {e} (module not loaded?)"))?;
+                let off = abi::flavour_offset(*f, page()) as u64;
+                Object::new(Some((dev.into(), off)), len)?
+            }
+        };
+        touch_write(obj.orig, len, 0x5a5a);
+        Ok(obj)
+    }
+}
+
+struct Opts {
+    sizes: Vec<usize>,
+    kinds: Vec<Kind>,
+    reps: Reps,
+    cycles: usize,
+    steady_max: usize,
+    vmas: Vec<usize>,
+}
+
+/// Parses 4K, 16M, 1G, 4096.
+fn parse_size(s: &str) -> usize {
+    let (num, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    num.parse::<usize>().expect("size") << shift
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+const USAGE: &str = "usage: mremap-dup-bench run [--sizes 4K,16K,..] [--max SIZE] \
+[--kinds memfd,shmem,ext4,vgem,qxl,testdev] [--file-dir DIR] [--min-reps N] \
+[--max-reps N] [--budget-ms MS] [--cycles N] [--steady-max SIZE] [--vmas 10,1000,30000] | fork";
+
+fn parse_opts(args: &[String]) -> Opts {
+    let mut o = Opts {
+        sizes: Vec::new(),
+        kinds: Vec::new(),
+        reps: Reps {
+            min: 7,
+            budget: Duration::from_millis(300),
+            max: 41,
+        },
+        cycles: 16,
+        steady_max: 64 << 20,
+        vmas: vec![10, 1000, 30000],
+    };
+    let mut max = 1usize << 30;
+    let mut kinds = list("memfd,shmem,ext4,vgem,qxl,testdev");
+    let mut sizes = None;
+    let mut dir = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| panic!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--sizes" => sizes = Some(list(val()).iter().map(|s| parse_size(s)).collect()),
+            "--max" => max = parse_size(val()),
+            "--kinds" => kinds = list(val()),
+            "--file-dir" => dir = Some(val().clone()),
+            "--min-reps" => o.reps.min = val().parse().expect("--min-reps"),
+            "--max-reps" => o.reps.max = val().parse().expect("--max-reps"),
+            "--budget-ms" => o.reps.budget = Duration::from_millis(val().parse().expect("ms")),
+            "--cycles" => o.cycles = val().parse().expect("--cycles"),
+            "--steady-max" => o.steady_max = parse_size(val()),
+            "--vmas" => {
+                o.vmas = list(val())
+                    .iter()
+                    .map(|s| s.parse().expect("--vmas"))
+                    .collect()
+            }
+            _ => panic!("unknown option {a}\n{USAGE}"),
+        }
+    }
+    // Powers of 4 from one page.
+    o.sizes = sizes.unwrap_or_else(|| {
+        std::iter::successors(Some(page()), |s| Some(s * 4))
+            .take_while(|&s| s <= max)
+            .collect()
     });
-    let t_mmap = median_us(|| {
-        let d = map(LEN, rw, libc::MAP_SHARED | libc::MAP_POPULATE, fd);
-        touch(d, LEN);
-        unmap(d, LEN);
-    });
-    let shadow = map(
-        LEN,
-        rw,
+    for k in kinds {
+        match k.as_str() {
+            "memfd" => o.kinds.push(Kind::Memfd),
+            "shmem" => o.kinds.push(Kind::Shmem),
+            "ext4" => match &dir {
+                Some(d) => o.kinds.push(Kind::File(d.clone())),
+                None => println!("S\text4\t0\t-\tno --file-dir"),
+            },
+            "vgem" => o.kinds.push(Kind::Vgem),
+            "qxl" => o.kinds.push(Kind::QxlVram),
+            "testdev" => o.kinds.extend((0..abi::FLAVOURS).map(Kind::Testdev)),
+            _ => panic!("unknown kind {k}\n{USAGE}"),
+        }
+    }
+    o
+}
+
+/// One method: its name and a run of it, which returns the time of its
+/// timed part.
+type Method<'a> = (&'static str, Box<dyn FnMut() -> Duration + 'a>);
+
+/// Runs `methods` in rounds, each method once per round in turn, so that
+/// whatever slows the machine down for a while (the host is shared) weighs
+/// on all of them alike: one round untimed to warm up, then at least
+/// `reps.min` rounds and more until `reps.budget` per method was spent, at
+/// most `reps.max`. Prints per method an `R` line (statistics, the median
+/// number of page faults) and a `T` line (the times in round order, for
+/// ratios of pairs from the same round).
+fn measure_rounds(reps: Reps, prefix: &str, mut methods: Vec<Method>) {
+    for (_, f) in methods.iter_mut() {
+        f();
+    }
+    let start = Instant::now();
+    let budget = reps.budget * methods.len() as u32;
+    let mut t: Vec<Vec<u64>> = vec![Vec::new(); methods.len()];
+    let mut nf: Vec<Vec<u64>> = vec![Vec::new(); methods.len()];
+    let mut rounds = 0;
+    while rounds < reps.max && (rounds < reps.min || start.elapsed() < budget) {
+        for (i, (_, f)) in methods.iter_mut().enumerate() {
+            t[i].push(f().as_nanos() as u64);
+            nf[i].push(LAST_FAULTS.load(Ordering::Relaxed));
+        }
+        rounds += 1;
+    }
+    for (i, (name, _)) in methods.iter().enumerate() {
+        let times: Vec<String> = t[i].iter().map(u64::to_string).collect();
+        println!("T\t{prefix}\t{name}\t{}", times.join(","));
+        let mut v = t[i].clone();
+        v.sort_unstable();
+        nf[i].sort_unstable();
+        let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+        println!(
+            "R\t{prefix}\t{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            q(0.5),
+            q(0.25),
+            q(0.75),
+            v[0],
+            v[v.len() - 1],
+            v.len(),
+            nf[i][nf[i].len() / 2]
+        );
+    }
+}
+
+/// Every method on one object of one kind and size.
+fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
+    let len = obj.len;
+    let orig = obj.orig;
+    let skip = |m: &str, why: &str| println!("S\t{kind}\t{len}\t{m}\t{why}");
+
+    // Can it be duplicated at all?
+    if let Err(e) = dup_fixed(orig, len, res) {
+        skip("dup", &format!("MREMAP_DUP: {e}"));
+        return;
+    }
+    rereserve(res, len);
+
+    let mut m: Vec<Method> = Vec::new();
+    m.push((
+        "dup",
+        Box::new(|| {
+            let t = time(|| {
+                dup_fixed(orig, len, res).expect("DUP");
+            });
+            rereserve(res, len);
+            t
+        }),
+    ));
+    m.push((
+        "dup_read",
+        Box::new(|| {
+            let t = time(|| {
+                dup_fixed(orig, len, res).expect("DUP");
+                touch_read(res, len);
+            });
+            rereserve(res, len);
+            t
+        }),
+    ));
+    m.push((
+        "dup_write",
+        Box::new(|| {
+            let t = time(|| {
+                dup_fixed(orig, len, res).expect("DUP");
+                touch_write(res, len, 1);
+            });
+            rereserve(res, len);
+            t
+        }),
+    ));
+    m.push((
+        "munmap_dup",
+        Box::new(|| {
+            dup_fixed(orig, len, res).expect("DUP");
+            touch_read(res, len);
+            let t = time(|| munmap(res, len));
+            rereserve(res, len);
+            t
+        }),
+    ));
+    if obj.fd.is_some() {
+        m.push((
+            "mmap_read",
+            Box::new(|| {
+                let t = time(|| {
+                    obj.map_at(res, 0);
+                    touch_read(res, len);
+                });
+                rereserve(res, len);
+                t
+            }),
+        ));
+        m.push((
+            "mmap_write",
+            Box::new(|| {
+                let t = time(|| {
+                    obj.map_at(res, 0);
+                    touch_write(res, len, 2);
+                });
+                rereserve(res, len);
+                t
+            }),
+        ));
+        m.push((
+            "populate_read",
+            Box::new(|| {
+                let t = time(|| {
+                    obj.map_at(res, libc::MAP_POPULATE);
+                    touch_read(res, len);
+                });
+                rereserve(res, len);
+                t
+            }),
+        ));
+        m.push((
+            "munmap_mmap",
+            Box::new(|| {
+                obj.map_at(res, 0);
+                touch_read(res, len);
+                let t = time(|| munmap(res, len));
+                rereserve(res, len);
+                t
+            }),
+        ));
+        m.push((
+            "mmap",
+            Box::new(|| {
+                let t = time(|| {
+                    obj.map_at(res, 0);
+                });
+                rereserve(res, len);
+                t
+            }),
+        ));
+    } else {
+        for m in [
+            "mmap_read",
+            "mmap_write",
+            "populate_read",
+            "munmap_mmap",
+            "mmap",
+        ] {
+            skip(m, "no fd to mmap (anonymous shared memory)");
+        }
+    }
+    // SAFETY: the destination is our reservation.
+    let legacy = move || unsafe { mremap_raw(orig, 0, len, F::MAYMOVE | F::FIXED, res) };
+    match legacy() {
+        Err(e) => skip(
+            "legacy_read",
+            &format!("mremap(old, 0, len, MAYMOVE|FIXED): {e}"),
+        ),
+        Ok(_) => {
+            rereserve(res, len);
+            m.push((
+                "legacy_read",
+                Box::new(move || {
+                    let t = time(|| {
+                        legacy().expect("legacy mremap");
+                        touch_read(res, len);
+                    });
+                    rereserve(res, len);
+                    t
+                }),
+            ));
+        }
+    }
+    m.push(("copy_in", Box::new(|| time(|| copy(orig, shadow, len)))));
+    m.push((
+        "copy_cycle",
+        Box::new(|| {
+            time(|| {
+                copy(orig, shadow, len);
+                copy(shadow, orig, len);
+            })
+        }),
+    ));
+    // A second pass over a duplicate already touched once, and over the
+    // original.
+    m.push((
+        "pass_dup",
+        Box::new(|| {
+            dup_fixed(orig, len, res).expect("DUP");
+            touch_read(res, len);
+            let t = time(|| {
+                std::hint::black_box(touch_read(res, len));
+            });
+            rereserve(res, len);
+            t
+        }),
+    ));
+    m.push((
+        "pass_orig",
+        Box::new(|| {
+            // A first pass too: the previous method's munmap flushed the TLB
+            // (QEMU's TLB too, which is what the duplicate's first touch
+            // above filled).
+            touch_read(orig, len);
+            time(|| {
+                std::hint::black_box(touch_read(orig, len));
+            })
+        }),
+    ));
+    // The WoW64 steady state, per cycle.
+    let n = o.cycles;
+    if len <= o.steady_max {
+        m.push((
+            "steady_dup",
+            Box::new(move || {
+                let t = time(|| {
+                    dup_fixed(orig, len, res).expect("DUP");
+                    for i in 0..n {
+                        touch_write(res, len, i as u64);
+                    }
+                    rereserve(res, len);
+                });
+                t / n as u32
+            }),
+        ));
+        m.push((
+            "steady_shadow",
+            Box::new(move || {
+                let t = time(|| {
+                    for i in 0..n {
+                        copy(orig, shadow, len);
+                        touch_write(shadow, len, i as u64);
+                        copy(shadow, orig, len);
+                    }
+                });
+                t / n as u32
+            }),
+        ));
+    } else {
+        for m in ["steady_dup", "steady_shadow"] {
+            skip(m, &format!("above --steady-max {}", o.steady_max));
+        }
+    }
+    // No present entries in the source: a fresh mapping of the object, or
+    // (shmem, which has no fd) the original after MADV_DONTNEED, refaulted
+    // afterwards for the other methods.
+    match &obj.fd {
+        Some((fd, off)) => m.push((
+            "dup_empty",
+            Box::new(move || {
+                let src = mmap(0, len, RW, libc::MAP_SHARED, fd.as_raw_fd(), *off).expect("mmap");
+                let t = time(|| {
+                    dup_fixed(src, len, res).expect("DUP");
+                });
+                munmap(src, len);
+                rereserve(res, len);
+                t
+            }),
+        )),
+        None => m.push((
+            "dup_empty",
+            Box::new(move || {
+                // SAFETY: zaps the entries of our own shared mapping; the
+                // shmem pages stay.
+                unsafe { libc::madvise(orig as *mut _, len, libc::MADV_DONTNEED) };
+                let t = time(|| {
+                    dup_fixed(orig, len, res).expect("DUP");
+                });
+                rereserve(res, len);
+                touch_write(orig, len, 3);
+                t
+            }),
+        )),
+    }
+    measure_rounds(o.reps, &format!("{kind}\t{len}"), m);
+}
+
+/// `dup` and `mmap` of a 64 KiB memfd with `n` more VMAs in the process.
+fn bench_vmas(o: &Opts) {
+    let len = 64 << 10;
+    let obj = match Kind::Memfd.create(len) {
+        Ok(obj) => obj,
+        Err(e) => return println!("S\tvmas\t{len}\t-\t{e}"),
+    };
+    let res = reserve(len);
+    let (fd, _) = obj.fd.as_ref().unwrap();
+    for &n in &o.vmas {
+        // n one-page mappings, read-only and read-write in turn so that no
+        // two neighbours merge.
+        let fill = mmap(
+            0,
+            n * page(),
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+        .expect("mmap of the filler");
+        for i in (0..n).step_by(2) {
+            // SAFETY: a page of our own filler mapping.
+            unsafe { libc::mprotect((fill + i * page()) as *mut _, page(), RW) };
+        }
+        let vmas = std::fs::read_to_string("/proc/self/maps")
+            .map(|m| m.lines().count())
+            .unwrap_or(0);
+        println!("# vmas {n}: {vmas} VMAs in the process");
+        let fdr = fd.as_raw_fd();
+        let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+        let m: Vec<Method> = vec![
+            (
+                "dup",
+                Box::new(|| {
+                    let t = time(|| {
+                        dup_fixed(obj.orig, len, res).expect("DUP");
+                    });
+                    rereserve(res, len);
+                    t
+                }),
+            ),
+            (
+                "mmap",
+                Box::new(|| {
+                    let t = time(|| {
+                        mmap(res, len, RW, flags, fdr, 0).expect("mmap");
+                    });
+                    rereserve(res, len);
+                    t
+                }),
+            ),
+        ];
+        measure_rounds(o.reps, &format!("vmas\t{n}"), m);
+        munmap(fill, n * page());
+    }
+    munmap(res, len);
+}
+
+fn run(args: &[String]) {
+    let o = parse_opts(args);
+    assert!(mremap_dup::is_supported(), "this kernel has no MREMAP_DUP");
+    println!("# page {} sizes {:?}", page(), o.sizes);
+    let biggest = *o.sizes.iter().max().unwrap_or(&page());
+    // The shadow buffer: private anonymous memory, pre-faulted.
+    let shadow = mmap(
+        0,
+        biggest,
+        RW,
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
         -1,
-    );
-    let t_copy = median_us(|| {
-        // SAFETY: both map LEN bytes and do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(orig, shadow, LEN) };
-        touch(shadow, LEN);
-    });
-    println!("second view of 16 MiB: MREMAP_DUP {t_dup:.0} us, mmap(fd)+MAP_POPULATE {t_mmap:.0} us, memcpy to shadow {t_copy:.0} us");
-    println!("ratio dup/mmap_populate: {:.2}", t_dup / t_mmap);
-    println!("ratio dup/memcpy_shadow: {:.2}", t_dup / t_copy);
-    unmap(shadow, LEN);
-    unmap(orig, LEN);
+        0,
+    )
+    .expect("shadow buffer");
+    for kind in &o.kinds {
+        let name = kind.name();
+        for &len in &o.sizes {
+            let started = Instant::now();
+            let obj = match kind.create(len) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    println!("S\t{name}\t{len}\t-\t{e}");
+                    continue;
+                }
+            };
+            let res = reserve(len);
+            bench_object(&o, &name, &obj, shadow, res);
+            munmap(res, len);
+            drop(obj);
+            println!("# {name} {len}: {:.1} s", started.elapsed().as_secs_f64());
+        }
+    }
+    munmap(shadow, biggest);
+    if !o.vmas.is_empty() {
+        bench_vmas(&o);
+    }
 }
 
 fn fork_cost() {
-    // Many small shared mappings, populated: fork copies none of their
-    // entries (refaultable) ...
-    let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let shared = map(
-        LEN,
-        rw,
-        libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-        -1,
-    );
+    let flags = libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+    // Shared memory, whose entries fork does not copy (refaultable) ...
+    let shared = mmap(0, FORK_SHARED, RW, libc::MAP_SHARED | flags, -1, 0).expect("mmap");
     // ... and private anonymous memory, whose entries fork copies through
     // copy_pte_range() (the path given a destination address).
-    let private = map(
-        FORK_PRIVATE,
-        rw,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-        -1,
-    );
-    // SAFETY: each maps that many writable bytes.
-    unsafe {
-        shared.write_bytes(1, LEN);
-        private.write_bytes(1, FORK_PRIVATE);
-    }
+    let private = mmap(0, FORK_PRIVATE, RW, libc::MAP_PRIVATE | flags, -1, 0).expect("mmap");
+    touch_write(shared, FORK_SHARED, 1);
+    touch_write(private, FORK_PRIVATE, 1);
     // Only the parent's fork() call is timed (that is where the page tables
     // are copied); the child's exit and the wait, which add scheduling
     // noise, are not.
@@ -163,14 +916,13 @@ fn fork_cost() {
     );
 }
 
-/// `view` or `fork`: each benchmark runs in a process of its own, so that
-/// what one maps does not weigh on the other (fork copies every mapping).
 fn main() {
-    match std::env::args().nth(1).as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
         Some("fork") => fork_cost(),
-        Some("view") => second_view(),
         _ => {
-            eprintln!("usage: mremap-dup-bench view|fork");
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }
