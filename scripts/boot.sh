@@ -30,7 +30,9 @@ accel_file=$CACHE/accel
 # BOOT_QEMU_OPTS: more QEMU options (scripts/bench.sh: -icount).
 # BOOT_MEMORY: the guest's memory (default 2G; scripts/bench.sh: 4G).
 # BOOT_TIMEOUT: seconds before a boot is given up (default 3000).
-qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl ${BOOT_QEMU_OPTS:-}"
+# BOOT_QXL_OPTS: properties of the qxl device (scripts/bench.sh:
+# ",ram_size_mb=512", the BAR that QXL's TTM VRAM domain manages; default 64).
+qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl${BOOT_QXL_OPTS:-} ${BOOT_QEMU_OPTS:-}"
 # no5lvl: under TCG vng uses -cpu max, which has LA57, and the unpatched
 # 7.2.13 KASAN kernel then often reports a "wild-memory-access" in
 # handle_edge_irq() at 0.005 s, on an address of the 5-level direct map
