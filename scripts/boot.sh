@@ -32,7 +32,10 @@ accel_file=$CACHE/accel
 # BOOT_TIMEOUT: seconds before a boot is given up (default 3000).
 # BOOT_QXL_OPTS: properties of the qxl device (scripts/bench.sh:
 # ",ram_size_mb=512", the BAR that QXL's TTM VRAM domain manages; default 64).
-qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl${BOOT_QXL_OPTS:-} ${BOOT_QEMU_OPTS:-}"
+# ivshmem-plain: 8 MiB of shared memory in BAR 2, which guest-test.sh binds
+# to vfio-pci (no-IOMMU mode) for the VFIO tests (selftests/src/vfio.rs).
+ivshmem_opts="-object memory-backend-memfd,id=ivshmem,size=8M,share=on -device ivshmem-plain,memdev=ivshmem"
+qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl${BOOT_QXL_OPTS:-} $ivshmem_opts ${BOOT_QEMU_OPTS:-}"
 # no5lvl: under TCG vng uses -cpu max, which has LA57, and the unpatched
 # 7.2.13 KASAN kernel then often reports a "wild-memory-access" in
 # handle_edge_irq() at 0.005 s, on an address of the 5-level direct map

@@ -13,6 +13,7 @@ mod harness_check;
 mod shared;
 mod testdev;
 mod util;
+mod vfio;
 
 fn main() {
     let filters: Vec<String> = std::env::args().skip(1).collect();
@@ -21,7 +22,7 @@ fn main() {
         let failed = harness::run(&tests, &[]);
         std::process::exit(i32::from(failed > 0));
     }
-    let tests: Vec<&harness::Test> = [shared::TESTS, testdev::TESTS, drm::TESTS]
+    let tests: Vec<&harness::Test> = [shared::TESTS, testdev::TESTS, drm::TESTS, vfio::TESTS]
         .into_iter()
         .flatten()
         .collect();
