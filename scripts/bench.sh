@@ -128,14 +128,15 @@ fi
 {
 	echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --max $max\` in ${elapsed} s:" \
 		"one boot of the benchmark kernel ($(cat "$out/uname.txt" | awk '{print $3}')," \
-		"series $(git -C "$REPO" log -1 --format=%h -- patches) of patches/," \
+		"the series applied from patches/ (sha256 of series + patches $(cut -c1-12 "$TREE_PATCHED/series.applied");" \
+		"last commit touching patches/: $(git -C "$REPO" log -1 --format=%h -- patches))," \
 		"ci/bench.config.fragment: no KASAN, lockdep, DEBUG_VM, PAGE_TABLE_CHECK, KUnit)," \
 		"guest under QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') TCG" \
 		"(\`$(cat "$CACHE/accel" 2>/dev/null || echo tcg)\`), 2 vCPUs, 4 GiB, QXL RAM BAR 512 MiB," \
 		"on a host $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') with $(nproc) cores."
 	echo
 	echo "Absolute times under TCG say little about hardware; the ratios compare two ways of doing"
-	echo "the same thing on the same emulated machine, in the same process, minutes apart."
+	echo "the same thing on the same emulated machine, in the same process, in the same rounds."
 	echo
 } >"$out/meta.md"
 

@@ -431,7 +431,7 @@ fn parse_opts(args: &[String]) -> Opts {
             max: 41,
         },
         cycles: 16,
-        steady_max: 64 << 20,
+        steady_max: 256 << 20,
         vmas: vec![10, 1000, 30000],
     };
     let mut max = 1usize << 30;
