@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: GPL-2.0
+// profile-dup.c: time MREMAP_DUP|FIXED of a LEN-byte memfd mapping with no
+// present entries against mmap(fd, MAP_FIXED) over the same reservation
+// (200 rounds each); with a second argument, the last round runs with
+// /sys/kernel/tracing/tracing_on set (scripts/profile-dup.sh).
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#ifndef MREMAP_DUP
+#define MREMAP_DUP 8
+#endif
+
+static long ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static void tr(const char *v)
+{
+	int fd = open("/sys/kernel/tracing/tracing_on", O_WRONLY);
+
+	if (fd >= 0) {
+		write(fd, v, 1);
+		close(fd);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	size_t len = argc > 1 ? strtoul(argv[1], NULL, 0) : 4096;
+	int trace = argc > 2;
+	int fd = memfd_create("prof", 0);
+	char *src, *res, *p;
+	long t0, tdup = 0, tmap = 0;
+	int i, n = 200;
+
+	ftruncate(fd, len);
+	src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	res = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	for (i = 0; i < n + 1; i++) {
+		int last = trace && i == n;
+
+		if (last)
+			tr("1");
+		t0 = ns();
+		p = (char *)syscall(SYS_mremap, src, len, len, MREMAP_DUP | MREMAP_FIXED, res);
+		tdup += ns() - t0;
+		if (p != res) { perror("dup"); return 1; }
+		mmap(res, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+		t0 = ns();
+		p = mmap(res, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+		tmap += ns() - t0;
+		if (last)
+			tr("0");
+		mmap(res, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+	}
+	printf("len %zu: DUP %ld ns, mmap FIXED %ld ns, ratio %.2f\n", len, tdup / (n + 1), tmap / (n + 1), (double)tdup / tmap);
+	return 0;
+}
