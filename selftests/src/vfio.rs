@@ -10,12 +10,23 @@
 //! vfio-pci in no-IOMMU mode and names in `$MREMAP_DUP_VFIO_BDF`. Its BAR is
 //! mapped through the legacy container/group API. vfio-pci declares its BAR
 //! mappings `VM_LINEAR_PGOFF` (patch 11), so parts may be duplicated; without
-//! that patch a part is EINVAL. A missing device is a failure: every test
-//! run brings it up.
+//! that patch a part is EINVAL (whole duplicates work either way). A missing
+//! device is a failure: every test run brings it up.
+//!
+//! `madvise(MADV_DONTNEED)` is EINVAL on a `VM_PFNMAP` mapping
+//! (madvise_dontneed_free_valid_vma()), so the tests make vfio-pci zap its
+//! mappings itself: clearing `PCI_COMMAND_MEMORY` through the config region
+//! calls vfio_pci_zap_bars(), an unmap_mapping_range() of the device fd's
+//! file, which reaches a duplicate through the i_mmap tree at its file
+//! offsets; accesses then SIGBUS until memory is enabled again, and fault
+//! back in through vfio-pci's handler with the duplicate's `vm_pgoff`.
 
 use std::ffi::CString;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+use nix::sys::signal::Signal;
 
 use crate::check;
 use crate::harness::{Context, Failure, Test, TestResult};
@@ -34,6 +45,13 @@ const GROUP_VIABLE: u32 = 1;
 const REGION_MMAP: u32 = 1 << 2;
 /// ivshmem's shared memory BAR.
 const BAR: u32 = 2;
+/// `VFIO_PCI_CONFIG_REGION_INDEX`.
+const CONFIG_REGION: u32 = 7;
+/// `PCI_COMMAND` in config space, and its memory-enable bit.
+const PCI_COMMAND: usize = 4;
+const PCI_COMMAND_MEMORY: u16 = 2;
+/// A PMD's worth of bytes on x86-64.
+const PMD_SIZE: usize = 2 << 20;
 
 /// `struct vfio_group_status`.
 #[repr(C)]
@@ -82,11 +100,15 @@ nix::ioctl_readwrite_bad!(
 struct VfioBar {
     _container: OwnedFd,
     _group: OwnedFd,
-    device: OwnedFd,
+    device: File,
+    /// The device's PCI address, as in `$MREMAP_DUP_VFIO_BDF`.
+    bdf: String,
     /// Offset of the BAR in the device fd.
     offset: usize,
     /// Size of the BAR.
     size: usize,
+    /// Offset of the config space in the device fd.
+    config: usize,
 }
 
 fn open_rw(path: &str) -> Result<OwnedFd, Failure> {
@@ -101,13 +123,17 @@ fn open_rw(path: &str) -> Result<OwnedFd, Failure> {
 impl VfioBar {
     /// Opens the device of `$MREMAP_DUP_VFIO_BDF` in no-IOMMU mode.
     fn open() -> Result<Self, Failure> {
-        let bdf = std::env::var(BDF_ENV).map_err(|_| {
-            Failure::Fail(format!(
-                "${BDF_ENV} is not set: scripts/guest-test.sh did not bind the ivshmem device to vfio-pci"
-            ))
-        })?;
-        let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group"))
-            .ctx(&format!("{bdf}: no IOMMU group"))?;
+        let bdf = std::env::var(BDF_ENV)
+            .ok()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| {
+                Failure::Fail(format!(
+                    "${BDF_ENV} is not set or empty: scripts/guest-test.sh found no ivshmem device (1af4:1110, QEMU's -device ivshmem-plain of boot.sh) to bind to vfio-pci"
+                ))
+            })?;
+        let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group")).ctx(
+            &format!("{bdf}: no IOMMU group (not bound to vfio-pci in no-IOMMU mode?)"),
+        )?;
         let group_nr = link
             .file_name()
             .and_then(|n| n.to_str())
@@ -140,28 +166,53 @@ impl VfioBar {
         let dfd = unsafe { group_get_device_fd(group.as_raw_fd(), name.as_ptr()) }
             .ctx("VFIO_GROUP_GET_DEVICE_FD")?;
         // SAFETY: a new fd that the ioctl returned and nobody else owns.
-        let device = unsafe { OwnedFd::from_raw_fd(dfd) };
-        let mut info = RegionInfo {
-            argsz: std::mem::size_of::<RegionInfo>() as u32,
-            index: BAR,
-            ..Default::default()
-        };
-        // SAFETY: the kernel fills a vfio_region_info of argsz bytes.
-        unsafe { device_get_region_info(device.as_raw_fd(), &mut info) }
-            .ctx("VFIO_DEVICE_GET_REGION_INFO")?;
+        let device = File::from(unsafe { OwnedFd::from_raw_fd(dfd) });
+        let info = region_info(&device, BAR)?;
         check!(
             info.flags & REGION_MMAP != 0 && info.size >= (4 << 20),
             "BAR {BAR}: flags {:#x} size {:#x}: not an mmap-able BAR of 4 MiB or more",
             info.flags,
             info.size
         );
+        let config = region_info(&device, CONFIG_REGION)?.offset as usize;
         Ok(Self {
             _container: container,
             _group: group,
             device,
+            bdf,
             offset: info.offset as usize,
             size: info.size as usize,
+            config,
         })
+    }
+
+    /// The BAR's bus address, from sysfs.
+    fn phys(&self) -> Result<u64, Failure> {
+        let path = format!("/sys/bus/pci/devices/{}/resource", self.bdf);
+        let res = std::fs::read_to_string(&path).ctx(&path)?;
+        let start = res
+            .lines()
+            .nth(BAR as usize)
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok());
+        start.ok_or_else(|| Failure::Fail(format!("{path}: no start of BAR {BAR}")))
+    }
+
+    /// `PCI_COMMAND`, read through the config region of the device fd.
+    fn command(&self) -> Result<u16, Failure> {
+        let mut v = [0u8; 2];
+        self.device
+            .read_exact_at(&mut v, (self.config + PCI_COMMAND) as u64)
+            .ctx("read of PCI_COMMAND")?;
+        Ok(u16::from_le_bytes(v))
+    }
+
+    /// Writes `PCI_COMMAND` through the config region: clearing the memory
+    /// bit makes vfio-pci zap every mapping of its BARs.
+    fn set_command(&self, cmd: u16) -> TestResult {
+        self.device
+            .write_all_at(&cmd.to_le_bytes(), (self.config + PCI_COMMAND) as u64)
+            .ctx(&format!("write of PCI_COMMAND {cmd:#x}"))
     }
 
     /// A MAP_SHARED mapping of the whole BAR.
@@ -176,6 +227,19 @@ impl VfioBar {
         )
         .ctx("mmap of the BAR through the VFIO device fd")
     }
+}
+
+/// VFIO_DEVICE_GET_REGION_INFO of region `index`.
+fn region_info(device: &File, index: u32) -> Result<RegionInfo, Failure> {
+    let mut info = RegionInfo {
+        argsz: std::mem::size_of::<RegionInfo>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: the kernel fills a vfio_region_info of argsz bytes.
+    unsafe { device_get_region_info(device.as_raw_fd(), &mut info) }
+        .ctx(&format!("VFIO_DEVICE_GET_REGION_INFO({index})"))?;
+    Ok(info)
 }
 
 /// The word at the start of page `p` of the BAR in the pattern of `seed`.
@@ -232,19 +296,34 @@ fn vfio_bar_whole_dup_below_4g() -> TestResult {
     Ok(())
 }
 
-/// Two parts of the BAR, its second half (PMD-aligned, 2 MiB or more) and
-/// its first quarter, stitched in that order into one reservation below
-/// 4 GiB. Done before the source mapping is touched, so that the parts fault
-/// through vfio-pci's handler with their own file offsets; then again from a
-/// populated source, whose entries are copied.
+/// Two parts of the BAR, its second half (2 MiB-aligned in the reservation
+/// and in the BAR's bus addresses, and 4 MiB long, so that a PMD-sized fault
+/// can map it) and its first quarter, stitched in that order into one
+/// reservation below 4 GiB. From an untouched source the parts fault through
+/// vfio-pci's handler with their own file offsets; from a populated source
+/// their entries are copied. Either way, and again after vfio-pci zapped them
+/// (memory disabled: an access is SIGBUS) and they faulted back in, each part
+/// reads the BAR at its offset, and a write through it is seen through the
+/// BAR.
 fn vfio_bar_parts_stitched_below_4g() -> TestResult {
     require_dup()?;
     let bar = VfioBar::open()?;
     let (half, quarter) = (bar.size / 2, bar.size / 4);
+    let phys = bar.phys()?;
+    check!(
+        phys % PMD_SIZE as u64 == 0 && half % PMD_SIZE == 0,
+        "BAR {BAR} at {phys:#x}, {:#x} bytes: its second half cannot be mapped by PMDs",
+        bar.size
+    );
     {
         let writer = bar.map()?;
         fill(writer.addr, bar.size, 2);
     }
+    let cmd = bar.command()?;
+    check!(
+        cmd & PCI_COMMAND_MEMORY != 0,
+        "PCI_COMMAND {cmd:#x}: memory not enabled"
+    );
     for populated in [false, true] {
         let src = bar.map()?;
         if populated {
@@ -260,58 +339,131 @@ fn vfio_bar_parts_stitched_below_4g() -> TestResult {
             .ctx(&format!("{case}: DUP|FIXED of the BAR's second half"))?;
         dup_raw(src.addr, quarter, quarter, F::DUP | F::FIXED, at + half)
             .ctx(&format!("{case}: DUP|FIXED of the BAR's first quarter"))?;
-        check_view(
-            &format!("{case}: second half"),
-            at,
-            half / page(),
-            half / page(),
-            2,
-        )?;
-        check_view(
-            &format!("{case}: first quarter"),
-            at + half,
-            0,
-            quarter / page(),
-            2,
-        )?;
-        poke(at + half + 16, 0xc0ffee);
-        check!(
-            peek(src.addr + 16) == 0xc0ffee,
-            "{case}: write via the stitched view not seen via the BAR"
-        );
+        // Each part, and the word written through it (not a pattern word).
+        let parts = [
+            (
+                "second half",
+                at,
+                half,
+                half,
+                0xc0ff_ee00 | u64::from(populated),
+            ),
+            (
+                "first quarter",
+                at + half,
+                0,
+                quarter,
+                0xbeef_0000 | u64::from(populated),
+            ),
+        ];
+        for (name, addr, off, len, _) in parts {
+            check_view(
+                &format!("{case}: {name}"),
+                addr,
+                off / page(),
+                len / page(),
+                2,
+            )?;
+        }
+        for (name, addr, off, _, word) in parts {
+            poke(addr + 16, word);
+            check!(
+                peek(src.addr + off + 16) == word,
+                "{case}: write via the stitched view's {name} not seen via the BAR"
+            );
+        }
+        // vfio-pci zaps every mapping of its BARs, the parts included.
+        bar.set_command(cmd & !PCI_COMMAND_MEMORY)?;
+        let zapped = parts.map(|(_, addr, ..)| {
+            in_child_signal(|| {
+                peek(addr + page());
+            })
+        });
+        bar.set_command(cmd)?;
+        for ((name, ..), sig) in parts.iter().zip(zapped) {
+            check!(
+                sig == Some(Signal::SIGBUS),
+                "{case}: read via the stitched view's {name} with the device's memory disabled: {sig:?}, expected SIGBUS (not zapped?)"
+            );
+        }
+        for (name, addr, off, len, word) in parts {
+            check_view(
+                &format!("{case}: {name}, faulted back in"),
+                addr,
+                off / page(),
+                len / page(),
+                2,
+            )?;
+            check!(
+                peek(addr + 16) == word,
+                "{case}: {name}, faulted back in: the word written through it is gone"
+            );
+        }
     }
     Ok(())
 }
 
-/// Unmapping a duplicate of a part leaves the BAR mapping and its contents
-/// as they were, and /proc/self/maps as before the duplicate.
+/// /proc/self/maps without the heap, which reading it may grow.
+fn maps() -> Result<String, Failure> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ctx("maps")?;
+    Ok(maps
+        .lines()
+        .filter(|l| !l.ends_with("[heap]"))
+        .map(|l| format!("{l}\n"))
+        .collect())
+}
+
+/// Unmapping duplicates of the whole BAR, one below 4 GiB in a reservation
+/// and one where the kernel put it, leaves the BAR mapping and its contents
+/// as they were, and /proc/self/maps as before the duplicates.
 fn vfio_dup_unmap_leaves_original() -> TestResult {
     require_dup()?;
     let bar = VfioBar::open()?;
     let orig = bar.map()?;
+    let pages = bar.size / page();
     fill(orig.addr, bar.size, 3);
-    let quarter = bar.size / 4;
-    // Read once first, so that reading it does not itself change the heap.
-    let _ = std::fs::read_to_string("/proc/self/maps");
-    let before = std::fs::read_to_string("/proc/self/maps").ctx("maps")?;
-    let (res, at) = reserve_low_aligned(quarter)?;
-    dup_raw(orig.addr + quarter, quarter, quarter, F::DUP | F::FIXED, at)
-        .ctx("DUP|FIXED of the BAR's second quarter")?;
-    check_view("part", at, quarter / page(), quarter / page(), 3)?;
-    // The reservation, the duplicate inside it included.
-    drop(res);
-    let after = std::fs::read_to_string("/proc/self/maps").ctx("maps")?;
+    let before = maps()?;
+    let (res, at) = reserve_low_aligned(bar.size)?;
+    dup_raw(orig.addr, bar.size, bar.size, F::DUP | F::FIXED, at).ctx("DUP|FIXED of the BAR")?;
+    let anywhere = dup_raw(orig.addr, bar.size, bar.size, F::DUP, 0).ctx("DUP of the BAR")?;
+    check_view("duplicate below 4 GiB", at, 0, pages, 3)?;
+    check_view("duplicate the kernel placed", anywhere, 0, pages, 3)?;
+    drop(Mapping::adopt(anywhere, bar.size));
     check!(
-        before == after,
-        "maps differ after the duplicate is gone:\n{before}\n---\n{after}"
+        maps_in(anywhere, anywhere + bar.size).is_empty(),
+        "the kernel-placed duplicate is still mapped after munmap"
     );
     check_view(
-        "BAR after the duplicate is gone",
+        "BAR after munmap of the kernel-placed duplicate",
         orig.addr,
         0,
-        bar.size / page(),
+        pages,
         3,
-    )
+    )?;
+    drop(Mapping::adopt(at, bar.size));
+    check!(
+        maps_in(at, at + bar.size).is_empty(),
+        "the duplicate below 4 GiB is still mapped after munmap"
+    );
+    check_view(
+        "BAR after munmap of the duplicate below 4 GiB",
+        orig.addr,
+        0,
+        pages,
+        3,
+    )?;
+    drop(res);
+    let after = maps()?;
+    check!(
+        before == after,
+        "maps differ after the duplicates are gone:\n{before}\n---\n{after}"
+    );
+    poke(orig.addr + 8, 0x1234_5678);
+    check!(
+        peek(orig.addr + 8) == 0x1234_5678,
+        "the BAR mapping is no longer writable"
+    );
+    Ok(())
 }
 
 /// The tests of this module.
