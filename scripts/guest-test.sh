@@ -143,6 +143,12 @@ echo "helper-c exit $?" >>"$results/exit.txt"
 # faults (short: 5 s here; longer with --seconds N by hand).
 "$bin/mremap-dup-stress" --seconds 5 >"$results/stress.ktap" 2>&1
 echo "stress exit $?" >>"$results/exit.txt"
+# The random-operation model (selftests/src/model.rs): 15 s of seeded
+# operations against its model of an arena, then its leak check. A new seed
+# each run, printed in the result's name (--seed N replays it by hand).
+model_seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+"$bin/mremap-dup-model" --seed "$model_seed" --seconds 15 >"$results/model.ktap" 2>&1
+echo "model exit $?" >>"$results/exit.txt"
 insmod "$kself/mremap_dup_mm_kunit.ko" >>"$results/insmod.txt" 2>&1 ||
 	echo "insmod $kself/mremap_dup_mm_kunit.ko failed" >>"$results/insmod.txt"
 

@@ -86,6 +86,8 @@ PROGRAMS = [
     # selftests/src/stress.rs prints no "# Totals" line (yet): its plan and
     # exit status are checked.
     ("stress", "stress.ktap", False),
+    # selftests/src/model.rs: the random-operation model and its leak check.
+    ("model", "model.ktap", True),
     # dup_range() of crates/mremap-dup (selftests/src/helper_tests.rs) and
     # of include/mremap_dup.h (tests/c/mremap_dup_helper_test.c).
     ("helper", "helper.ktap", True),

@@ -68,10 +68,12 @@
 //! /proc/meminfo back to its start value exactly, after
 //! /proc/sys/vm/stat_refresh folded the per-CPU counters (the memfds, the
 //! tmpfs file, shmem and the vgem BO are all shmem pages, freed when the
-//! last fd or mapping goes); the slab's `vm_area_struct` active objects
-//! back within one slab per CPU, plus one, of the start (SLUB counts the
-//! objects of per-CPU slabs as active, and VMAs are freed after an RCU
-//! grace period: polled for up to 5 s); every flavour's `vm_ops->open`
+//! last fd or mapping goes); the slab's `vm_area_struct` active objects,
+//! after `/sys/kernel/slab/vm_area_struct/shrink` gave the per-CPU caches
+//! and KASAN's quarantine of freed objects back to the slab, within one
+//! slab per CPU, plus one, of the start (what other processes of the guest
+//! may map meanwhile; a leak of one VMA per DUP would be hundreds; polled
+//! for up to 5 s); every flavour's `vm_ops->open`
 //! count grown as much as its `->close` count; the x86 PAT memtype list
 //! unchanged.
 
@@ -1805,7 +1807,12 @@ struct Levels {
 }
 
 fn levels() -> Levels {
+    // Fold the per-CPU vmstat counters into the global ones (Shmem), and
+    // give the VMA slab's per-CPU caches and KASAN's quarantine of freed
+    // objects back to it (kmem_cache_shrink()): then its active objects are
+    // the VMAs in use, not the ones freed last.
     let _ = std::fs::write("/proc/sys/vm/stat_refresh", "1");
+    let _ = std::fs::write("/sys/kernel/slab/vm_area_struct/shrink", "1");
     Levels {
         fds: open_fds(),
         maps: std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count()),
