@@ -1379,8 +1379,18 @@ impl World {
     }
 
     fn op_dup(&mut self) -> Res {
-        // Source: usually in a VMA, aligned.
-        let sp = self.pick_page();
+        // Source: half the time a page of a shared VMA (what may succeed),
+        // else any page; usually aligned.
+        let shared: Vec<usize> = (0..self.vmas.len())
+            .filter(|&i| self.vmas[i].shared)
+            .collect();
+        let sp = if !shared.is_empty() && self.rng.pct(50) {
+            let v = &self.vmas[self.rng.pick(&shared)];
+            let (s, e) = (v.start, v.end);
+            s + self.rng.below(e - s)
+        } else {
+            self.pick_page()
+        };
         let pages = match self.find(sp) {
             Some(i) if self.rng.pct(40) => {
                 let v = &self.vmas[i];
