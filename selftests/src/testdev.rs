@@ -100,16 +100,10 @@ fn map_flavour(fd: &OwnedFd, flavour: usize) -> Result<Mapping, Failure> {
     .ctx(&format!("mmap of flavour {flavour}"))
 }
 
+/// Checks that the `PAGES` pages at `addr` are the memory's, in order.
 fn check_magic(what: &str, addr: usize) -> TestResult {
-    for i in 0..PAGES {
-        let got = peek(addr + i * page());
-        check!(
-            got == MAGIC + i as u64,
-            "{what}: page {i} starts with {got:#x}, expected {:#x}",
-            MAGIC + i as u64
-        );
-    }
-    Ok(())
+    let pages: Vec<usize> = (0..PAGES).collect();
+    check_pages(what, addr, &pages)
 }
 
 /// DUP of a whole mapping of `flavour`: same PFNs (content both ways),
