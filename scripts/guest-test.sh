@@ -9,7 +9,12 @@
 #   dmesg.txt        the kernel log after the last test
 #   done             written last: the guest came back
 # MODE: test (default) runs everything; demo runs the README demo only;
-# bench runs the benchmark, bench-fork the fork one (scripts/bench.sh).
+# bench runs the benchmark, bench-fork the fork one (scripts/bench.sh);
+# failfast (scripts/mutants.sh) runs what test runs, the quickest-to-fail
+# first (the C kselftest, the KUnit suites, the Rust selftests, then the
+# rest), and stops at the first program or suite that fails or leaves a
+# splat: the file failfast says where, parse-results.py counts what did not
+# run as failures named "(fail-fast)".
 # MODDIR: where build-module.sh left the test device module.
 # KEEP: non-empty to run the tests even after a splat during boot.
 set -uo pipefail
@@ -125,38 +130,96 @@ for d in /sys/bus/pci/devices/*; do
 done
 [ -n "$vfio_bdf" ] || echo "no ivshmem device (1af4:1110)" >>"$results/vfio.txt"
 
-MREMAP_DUP_VFIO_BDF=$vfio_bdf MREMAP_DUP_TESTDEV_KO=$moddir/mremap_dup_testdev.ko "$bin/mremap-dup-selftests" >"$results/selftests.ktap" 2>&1
-echo "selftests exit $?" >>"$results/exit.txt"
+kself=$(dirname "$moddir")/kselftest
 
+# splat_since_start: a splat in the kernel log since the marker.
+splat_since_start() {
+	dmesg | sed -n "/mremap-dup: tests start/,\$p" >"$results/dmesg.partial"
+	python3 "$repo/scripts/parse-results.py" --check-splat "$results/dmesg.partial" 2>/dev/null
+}
+
+# stop_early WHAT: in failfast mode, true (and the reason in failfast) when
+# WHAT failed (its exit status, in $?) or a splat is in the log.
+stop_early() {
+	local rc=$? what=$1
+	[ "$mode" = failfast ] || return 1
+	if [ "$rc" != 0 ]; then
+		echo "stopped after $what: exit status $rc" >"$results/failfast"
+	elif splat_since_start; then
+		echo "stopped after $what: a splat in the kernel log" >"$results/failfast"
+	else
+		return 1
+	fi
+}
+
+# run_prog NAME KTAP CMD...: a test program, its KTAP and its exit status
+# (the line "NAME exit N" of exit.txt).
+run_prog() {
+	local name=$1 ktap=$2 rc
+	shift 2
+	"$@" >"$results/$ktap" 2>&1
+	rc=$?
+	echo "$name exit $rc" >>"$results/exit.txt"
+	return $rc
+}
+
+# KUnit suites write their results to debugfs when they run (at insmod).
+collect_kunit() {
+	local d bad=0
+	mkdir -p "$results/kunit"
+	for d in /sys/kernel/debug/kunit/*/; do
+		[ -f "$d/results" ] || continue
+		cp "$d/results" "$results/kunit/$(basename "$d").ktap"
+		grep -q '^not ok' "$d/results" && bad=1
+	done
+	return $bad
+}
+
+load_c_kunit() {
+	insmod "$kself/mremap_dup_mm_kunit.ko" >>"$results/insmod.txt" 2>&1 ||
+		echo "insmod $kself/mremap_dup_mm_kunit.ko failed" >>"$results/insmod.txt"
+}
+
+selftests() {
+	MREMAP_DUP_VFIO_BDF=$vfio_bdf MREMAP_DUP_TESTDEV_KO=$moddir/mremap_dup_testdev.ko \
+		run_prog selftests selftests.ktap "$bin/mremap-dup-selftests"
+}
 # The series' own tests, built by build-kselftest.sh: the C kselftest, and
 # the C KUnit suite as a module (it runs when loaded).
-kself=$(dirname "$moddir")/kselftest
-"$kself/mremap_dup" >"$results/kselftest.ktap" 2>&1
-echo "kselftest exit $?" >>"$results/exit.txt"
+kselftest() { run_prog kselftest kselftest.ktap "$kself/mremap_dup"; }
 # The helper a WoW64 layer calls: dup_range() of crates/mremap-dup and its C
 # twin include/mremap_dup.h (built by build-c-tests.sh).
-"$bin/mremap-dup-helper-tests" >"$results/helper.ktap" 2>&1
-echo "helper exit $?" >>"$results/exit.txt"
-"$repo/target/c-tests/mremap-dup-helper-tests-c" >"$results/helper-c.ktap" 2>&1
-echo "helper-c exit $?" >>"$results/exit.txt"
+helper() { run_prog helper helper.ktap "$bin/mremap-dup-helper-tests"; }
+helper_c() { run_prog helper-c helper-c.ktap "$repo/target/c-tests/mremap-dup-helper-tests-c"; }
 # Fault injection over every allocation of a DUP, and DUP racing madvise and
 # faults (short: 5 s here; longer with --seconds N by hand).
-"$bin/mremap-dup-stress" --seconds 5 >"$results/stress.ktap" 2>&1
-echo "stress exit $?" >>"$results/exit.txt"
+stress() { run_prog stress stress.ktap "$bin/mremap-dup-stress" --seconds 5; }
 # The random-operation model (selftests/src/model.rs): 15 s of seeded
 # operations against its model of an arena, then its leak check. A new seed
 # each run, printed in the result's name (--seed N replays it by hand).
-model_seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
-"$bin/mremap-dup-model" --seed "$model_seed" --seconds 15 >"$results/model.ktap" 2>&1
-echo "model exit $?" >>"$results/exit.txt"
-insmod "$kself/mremap_dup_mm_kunit.ko" >>"$results/insmod.txt" 2>&1 ||
-	echo "insmod $kself/mremap_dup_mm_kunit.ko failed" >>"$results/insmod.txt"
+model() {
+	local model_seed
+	model_seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+	run_prog model model.ktap "$bin/mremap-dup-model" --seed "$model_seed" --seconds 15
+}
 
-mkdir -p "$results/kunit"
-for d in /sys/kernel/debug/kunit/*/; do
-	[ -f "$d/results" ] || continue
-	cp "$d/results" "$results/kunit/$(basename "$d").ktap"
-done
+if [ "$mode" = failfast ]; then
+	# The Rust KUnit suite ran at insmod above.
+	for step in collect_kunit kselftest "load_c_kunit; collect_kunit" selftests helper helper_c stress model; do
+		eval "$step"
+		stop_early "$step" && break
+	done
+	collect_kunit
+else
+	selftests
+	kselftest
+	helper
+	helper_c
+	stress
+	model
+	load_c_kunit
+	collect_kunit
+fi
 
 dmesg >"$results/dmesg.txt"
 echo done >"$results/done"

@@ -10,10 +10,12 @@
 # --hard between mutants) gets the mutant's substitution, is built
 # incrementally in $CACHE/mutant/out (scripts/build-kernel.sh mutant: the
 # same configuration as the patched kernel), and booted with the guest tests
-# (scripts/boot.sh mutant test: the Rust selftests, the KUnit suites, the
-# kernel log); mutants of mm/vma.c also run the VMA userland tests. A mutant
-# is KILLED when parse-results.py counts any failure or splat (failures the
-# unmutated tree has too, from --baseline, excepted), SURVIVED otherwise.
+# (scripts/boot.sh mutant failfast: what scripts/test.sh's guest runs, the
+# C kselftest and the KUnit suites first, stopping at the first program that
+# fails or leaves a splat); mutants of mm/vma.c also run the VMA userland
+# tests. A mutant is KILLED when parse-results.py counts any failure or
+# splat (failures the unmutated tree has too, from --baseline, excepted),
+# SURVIVED otherwise. The baseline runs everything (mode test).
 #
 #   --list      print the list: name, file, rule
 #   --check     apply every substitution to a clean tree, build nothing:
@@ -207,6 +209,11 @@ EOF2
 # (that script uses the patched tree's), the series' C kselftest and its C
 # KUnit suite as the module mremap_dup_mm_kunit.
 prepare_guest_files() {
+	# The modules build against the kernel's build dir: build it unmutated
+	# first (after a change of the series, that is most of the work).
+	clean_tree
+	timed "unmutated kernel" nice -n 19 "$shadow/scripts/build-kernel.sh" mutant >"$resdir/kernel-build.log" 2>&1 ||
+		die "unmutated kernel build failed, see $resdir/kernel-build.log"
 	timed "Rust modules" "$shadow/scripts/build-module.sh" mutant >"$resdir/module-build.log" 2>&1 ||
 		die "module build failed, see $resdir/module-build.log"
 	local out=$mtree/kselftest kunit=$mtree/kselftest/kunit
@@ -222,11 +229,11 @@ prepare_guest_files() {
 	cp "$kunit/mremap_dup_mm_kunit.ko" "$out/"
 }
 
-# guest RESULTS: boot the mutant kernel with the tests, at most
+# guest RESULTS MODE: boot the mutant kernel with the tests, at most
 # $guest_timeout seconds (a hung guest is a kill).
 guest() {
-	local out=$1 pid waited=0
-	(cd "$shadow" && exec setsid nice -n 19 ./scripts/boot.sh mutant test "$out") \
+	local out=$1 mode=$2 pid waited=0
+	(cd "$shadow" && exec setsid nice -n 19 ./scripts/boot.sh mutant "$mode" "$out") \
 		</dev/null >"$out.boot.log" 2>&1 &
 	pid=$!
 	while kill -0 "$pid" 2>/dev/null; do
@@ -254,7 +261,7 @@ vma_userland() {
 
 # Short names of the failures in a parse-results.py output.
 killers() {
-	sed -n 's/^FAIL //p' "$1" | sed -E \
+	sed -n 's/^FAIL //p' "$1" | grep -v 'not run (fail-fast' | sed -E \
 		-e 's/^selftests: //' \
 		-e 's/^kunit ([^:]*): /kunit \1./' \
 		-e 's/^(splat [a-z ]*): .*\] (.{0,60}).*/\1: \2/' |
@@ -269,7 +276,7 @@ record() { # verdict name details build_s guest_s
 
 run_one() {
 	local name=$1 file=$2 subst=$3 rule=$4 tests=$5 eq=$6
-	local rdir=$resdir/$name why t0 build_s guest_s rc=0
+	local rdir=$resdir/$name why t0 build_s guest_s rc=0 mode
 	local expect=(--expect-kunit mremap_dup:5 --expect-kunit "mremap_dup_mm:$(grep -c 'KUNIT_CASE(' "$msrc/mm/tests/mremap_dup_kunit.c")")
 	local host_args=()
 	rm -rf "$rdir"
@@ -298,15 +305,17 @@ run_one() {
 		host_args+=(--host "vma-userland=$rdir/vma-userland.log")
 	fi
 	printf '%s\n' "$tests" >"$shadow/filters"
+	mode=failfast
+	[ "$name" = baseline ] && mode=test
 	t0=$(date +%s)
-	guest "$rdir/guest"
+	guest "$rdir/guest" "$mode"
 	# QEMU itself failing (TCG: "iotlb_to_section: Assertion ... failed"
 	# within seconds of boot) says nothing of the mutant: run it again, once.
 	if [ ! -f "$rdir/guest/done" ] &&
 		grep -q '^qemu-system[^:]*: .*Assertion' "$rdir/guest.console.log" 2>/dev/null; then
 		log "$name: QEMU failed ($(grep -m1 '^qemu-system' "$rdir/guest.console.log")): booting again"
 		mv "$rdir/guest.console.log" "$rdir/guest.qemu-failed.log"
-		guest "$rdir/guest"
+		guest "$rdir/guest" "$mode"
 	fi
 	guest_s=$(( $(date +%s) - t0 ))
 	python3 "$shadow/scripts/parse-results.py" "$rdir/guest" "${expect[@]}" "${host_args[@]}" \

@@ -315,13 +315,17 @@ def main():
     if read("done") is None:
         t.fail("guest", "the guest did not come back (no 'done' marker)")
 
+    # guest-test.sh failfast (scripts/mutants.sh): what did not run after
+    # the first failure is a failure named so.
+    failfast = read("failfast")
+    not_run = f"not run (fail-fast: {failfast.strip()})" if failfast else None
     statuses = exit_statuses(read("exit.txt"))
     for name, ktap, totals in PROGRAMS:
         if name == "selftests" and not args.selftests:
             continue
         text = read(ktap)
         if text is None:
-            t.fail(name, f"no {ktap}")
+            t.fail(name, not_run or f"no {ktap}")
         else:
             check_program(t, name, text, statuses.get(name), dup_required, totals)
 
@@ -350,7 +354,7 @@ def main():
     for suite, n in expected.items():
         if suite not in suites:
             for i in range(n):
-                t.fail(f"kunit {suite}: case {i + 1}", "suite did not run (not built or not loaded)")
+                t.fail(f"kunit {suite}: case {i + 1}", not_run or "suite did not run (not built or not loaded)")
 
     for spec in args.host:
         name, path = spec.split("=", 1)
