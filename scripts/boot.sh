@@ -51,6 +51,9 @@ qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl${BOOT_QXL_OP
 # (the default 256 KiB would lose the boot, and with it the marker
 # parse-results.py splits the log at, after a few splats).
 kernel_args='no5lvl memmap=1M$0x60000000 log_buf_len=16M'
+# kmemleak (built in, off by default: ci/kernel.config.fragment) for a test
+# run: guest-test.sh clears it when the tests start and scans at the end.
+[ "$mode" = test ] && kernel_args+=' kmemleak=on'
 pidfile=$results.qemu.pid
 
 boot_once() {

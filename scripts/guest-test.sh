@@ -46,6 +46,10 @@ fi
 # from it on the tests. A log without it was truncated (boot.sh sets
 # log_buf_len) or the tests never started: a failure.
 echo "mremap-dup: tests start" >/dev/kmsg
+# kmemleak (boot.sh turns it on for mode test): what the boot allocated and
+# lost is not the tests' (cleared here); what they leak is scanned at the end.
+kmemleak=/sys/kernel/debug/kmemleak
+[ -w $kmemleak ] && echo clear >$kmemleak
 
 # bench (scripts/bench.sh): the test device loaded, an ext4 image of
 # BENCH_EXT4_SIZE (sparse, in RESULTS, which is on the host's disk) on a loop
@@ -219,6 +223,15 @@ else
 	model
 	load_c_kunit
 	collect_kunit
+	# An object is reported once two scans found it unreferenced (the
+	# first one records its checksum); kmemleak.txt is what they found.
+	if [ -w $kmemleak ]; then
+		echo scan >$kmemleak && echo scan >$kmemleak &&
+			cat $kmemleak >"$results/kmemleak.txt" ||
+			echo "kmemleak: scan failed" >"$results/kmemleak.txt"
+	elif grep -qw kmemleak=on /proc/cmdline; then
+		echo "kmemleak: on the command line, but no $kmemleak (disabled itself? see dmesg)" >"$results/kmemleak.txt"
+	fi
 fi
 
 dmesg >"$results/dmesg.txt"

@@ -30,7 +30,13 @@ What is a failure (each counted, with its reason):
   line or that says printk messages were dropped, and every splat line
   (BUG, WARNING, KASAN, lockdep, Oops, ...): before the marker as "splat
   before the first test", from the marker on as "splat during the tests".
-  No splat is filtered out.
+  No splat is filtered out;
+- kmemleak.txt (a test run: boot.sh turns kmemleak on, guest-test.sh scans
+  after the tests): every unreferenced object, or a scan that failed; a scan
+  that found nothing is one pass;
+- failfast (guest-test.sh mode failfast, scripts/mutants.sh): the programs
+  and KUnit suites that did not run after the first failure, as failures
+  "not run (fail-fast: ...)".
 
 Skips are counted apart, never as passes. The kernel's built-in KUnit suites
 (rust_*: proof that Rust and KUnit work) are counted in N like the project's
@@ -282,6 +288,29 @@ def check_kernel_log(tally, full):
         tally.fail("splat during the tests", line.strip())
 
 
+# /sys/kernel/debug/kmemleak after guest-test.sh's scans: one block per
+# object, "unreferenced object 0x... (size N):", its comm, hex dump and
+# backtrace.
+KMEMLEAK_OBJECT = re.compile(r"^unreferenced object (0x[0-9a-f]+) \(size (\d+)\):", re.M)
+
+
+def check_kmemleak(tally, text):
+    """One failure per unreferenced object (where it was allocated), or one
+    pass for a scan that found none; any other text is a failed scan."""
+    blocks = KMEMLEAK_OBJECT.split(text)
+    if len(blocks) == 1:
+        if text.strip():
+            tally.fail("kmemleak", text.strip().splitlines()[0])
+        else:
+            tally.ok("kmemleak: no unreferenced object after the tests")
+        return
+    for i in range(1, len(blocks), 3):
+        addr, size, body = blocks[i], blocks[i + 1], blocks[i + 2]
+        frames = re.findall(r"^\s+(?:\[<[0-9a-f]+>\]\s+)?(\S+\+0x[0-9a-f]+/0x[0-9a-f]+)", body, re.M)
+        where = " < ".join(f for f in frames if "kmemleak" not in f and not f.startswith(("__kmalloc", "kmalloc", "kmem_cache_alloc")))
+        tally.fail(f"kmemleak: unreferenced object {addr} (size {size})", where[:200] or body.strip()[:200])
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--check-splat":
         # exit 0 (and print them) if the file has splat lines
@@ -372,6 +401,10 @@ def main():
         named = re.findall(r"^not ok \d+ (.*)$", text, re.M)
         for i in range(failed):
             t.fail(f"host {name}: " + (named[i] if i < len(named) else f"failed test {i + 1}"))
+
+    leaks = read("kmemleak.txt")
+    if leaks is not None:
+        check_kmemleak(t, leaks)
 
     full = read("dmesg.txt")
     if full is None:

@@ -217,6 +217,36 @@ class ParseResults(unittest.TestCase):
     def test_guest_did_not_come_back(self):
         self.assertFails(drop=("done",), why="did not come back")
 
+    KMEMLEAK = (
+        "unreferenced object 0xffff888012345600 (size 64):\n"
+        '  comm "mremap-dup-self", pid 123, jiffies 4294901234\n'
+        "  hex dump (first 32 bytes):\n"
+        "    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................\n"
+        "  backtrace (crc 1a2b3c4d):\n"
+        "    kmemleak_alloc+0x4a/0x80\n"
+        "    __kmalloc_cache_noprof+0x2b0/0x4c0\n"
+        "    dup_page_range_prepare+0x1f3/0x5a0\n"
+        "    mremap_dup+0x9a/0x200\n"
+    )
+
+    def test_kmemleak_object_fails_with_where(self):
+        out = self.assertFails({"kmemleak.txt": self.KMEMLEAK + self.KMEMLEAK.replace("5600", "5700")},
+                               "kmemleak: unreferenced object 0xffff888012345600 (size 64): dup_page_range_prepare")
+        self.assertIn("FAIL kmemleak: unreferenced object 0xffff888012345700", out)
+
+    def test_kmemleak_clean_scan_passes_once(self):
+        rc, out = self.run_parse({"kmemleak.txt": ""})
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.splitlines()[-1], f"{GOOD_PASSED + 1} passed, 0 failed, 2 skipped")
+
+    def test_kmemleak_off_fails(self):
+        self.assertFails({"kmemleak.txt": "kmemleak: scan failed\n"}, "kmemleak: kmemleak: scan failed")
+
+    def test_failfast_names_what_did_not_run(self):
+        out = self.assertFails({"failfast": "stopped after kselftest: exit status 1\n"},
+                               "not run (fail-fast: stopped after kselftest: exit status 1)", drop=("model.ktap",))
+        self.assertIn("FAIL model: not run (fail-fast", out)
+
     def known(self, text):
         d = tempfile.mkdtemp(prefix="splat-")
         self.addCleanup(shutil.rmtree, d)
