@@ -191,7 +191,12 @@ prepare_shadow() {
 	timed "Rust selftests build (repo at $repo_head)" env CARGO_TARGET_DIR="$mtree/cargo-target" \
 		cargo build --release --quiet --manifest-path "$shadow/Cargo.toml"
 	mkdir -p "$shadow/target/release"
-	cp "$mtree/cargo-target/release/mremap-dup-selftests" "$shadow/target/release/mremap-dup-selftests.real"
+	# Every program guest-test.sh runs: the workspace's binaries, and the C
+	# tests of include/mremap_dup.h (into $shadow/target/c-tests).
+	find "$mtree/cargo-target/release" -maxdepth 1 -type f -executable -name 'mremap-dup-*' \
+		-exec cp -t "$shadow/target/release" {} +
+	mv "$shadow/target/release/mremap-dup-selftests" "$shadow/target/release/mremap-dup-selftests.real"
+	timed "C tests build" "$shadow/scripts/build-c-tests.sh" >/dev/null
 	cat >"$shadow/target/release/mremap-dup-selftests" <<'EOF2'
 #!/bin/bash
 # Written by scripts/mutants.sh: the selftests with the mutant's name filters.

@@ -311,8 +311,8 @@ class Harness(unittest.TestCase):
 
     def test_totals_and_exit_status(self):
         self.assertEqual(self.rc, 1, self.out)
-        self.assertIn("1..11", self.out)
-        self.assertEqual(self.out.splitlines()[-1], "# Totals: pass:2 fail:7 skip:2", self.out)
+        self.assertIn("1..12", self.out)
+        self.assertEqual(self.out.splitlines()[-1], "# Totals: pass:2 fail:8 skip:2", self.out)
 
     def test_pass_fail_skip(self):
         self.assertTrue(self.verdict("passes").startswith("ok "), self.out)
@@ -344,6 +344,13 @@ class Harness(unittest.TestCase):
         with open(os.path.join(self.dir, "sysctl")) as f:
             self.assertEqual(f.read().strip(), "42")
         self.assertIn("restored", self.out)
+
+    def test_module_loaded_again_after_sigkill(self):
+        self.assertTrue(self.verdict("module_unloaded_then_killed").startswith("not ok"), self.out)
+        # Loading a file that is no module fails (and needs root): the
+        # attempt, after the child is gone, is what is checked.
+        self.assertRegex(self.out, r"# module_unloaded_then_killed: loaded \S+/mremap_dup_harness_check_fake\.ko "
+                                   r"again \(\"answer=42\"\): failed: ")
 
     def test_require_dup_skips(self):
         line = self.verdict("needs_dup")

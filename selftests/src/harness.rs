@@ -21,9 +21,9 @@
 //! - a test reports its verdict through the pipe and its exit status, which
 //!   must agree: an exit(0) from the middle of a test is not a pass;
 //! - global state a test changes through [`journal_restore`] (the sysctl
-//!   guards of `util.rs`) is restored by the parent after the child is gone,
-//!   however it ended (the child's own guards restore it first when it ends
-//!   normally).
+//!   guards of `util.rs`) or [`journal_module`] (a module the test unloads)
+//!   is restored by the parent after the child is gone, however it ended
+//!   (the child's own guards restore it first when it ends normally).
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -112,14 +112,57 @@ static JOURNAL_FD: AtomicI32 = AtomicI32::new(-1);
 /// writes `old` back after the test's process is gone, whether its own guard
 /// ran or the child was killed. Outside a test child, does nothing.
 pub fn journal_restore(path: &str, old: &str) {
+    journal(FILE, path, old);
+}
+
+/// Records that the module `ko` was loaded with `params` before the test
+/// unloads it: if `/sys/module/NAME` (NAME from the file name) is gone
+/// after the test's process, the parent loads it again. Outside a test
+/// child, does nothing.
+pub fn journal_module(ko: &std::path::Path, params: &str) {
+    journal(MODULE, &ko.to_string_lossy(), params);
+}
+
+/// Journal record kinds: a file to write back, a module to load again.
+const FILE: &str = "F";
+const MODULE: &str = "M";
+
+fn journal(kind: &str, a: &str, b: &str) {
     let fd = JOURNAL_FD.load(Ordering::Relaxed);
-    if fd < 0 || path.contains('\0') || old.contains('\0') {
+    if fd < 0 || a.contains('\0') || b.contains('\0') {
         return;
     }
-    let rec = format!("{path}\0{old}\0");
+    let rec = format!("{kind}\0{a}\0{b}\0");
     // SAFETY: a write(2) of a local buffer to the journal pipe this child
     // inherited; a record is below PIPE_BUF, so it is written whole or not.
     unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+}
+
+/// Loads the module `ko` with `params` (finit_module(2)) if it is not.
+fn reload_module(ko: &str, params: &str) -> Option<String> {
+    let path = std::path::Path::new(ko);
+    let name = path.file_stem()?.to_string_lossy().replace('-', "_");
+    if std::path::Path::new("/sys/module").join(&name).exists() {
+        return None;
+    }
+    let res = std::fs::File::open(path).and_then(|f| {
+        let cparams = std::ffi::CString::new(params).map_err(std::io::Error::other)?;
+        // SAFETY: f is an open file and cparams a NUL-terminated string,
+        // both only read by the kernel.
+        let r =
+            unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), cparams.as_ptr(), 0) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    Some(format!(
+        "loaded {ko} again ({params:?}){}",
+        res.err()
+            .map(|e| format!(": failed: {e}"))
+            .unwrap_or_default()
+    ))
 }
 
 fn timeout() -> Duration {
@@ -290,7 +333,7 @@ fn kill_leftovers(pgid: Pid, unkillable: &[Pid]) -> usize {
 }
 
 /// Writes back, newest first, what the test journaled (see
-/// [`journal_restore`]); returns a note for each value that had to be
+/// [`journal_restore`], [`journal_module`]); returns a note for each value that had to be
 /// restored here (the test's own guard did not run).
 fn restore_journal(journal: &OwnedFd) -> Vec<String> {
     let mut buf = Vec::new();
@@ -298,8 +341,12 @@ fn restore_journal(journal: &OwnedFd) -> Vec<String> {
     let text = String::from_utf8_lossy(&buf);
     let fields: Vec<&str> = text.split('\0').collect();
     let mut notes = Vec::new();
-    for rec in fields.chunks_exact(2).rev() {
-        let (path, old) = (rec[0], rec[1]);
+    for rec in fields.chunks_exact(3).rev() {
+        let (kind, path, old) = (rec[0], rec[1], rec[2]);
+        if kind == MODULE {
+            notes.extend(reload_module(path, old));
+            continue;
+        }
         let now = std::fs::read_to_string(path).unwrap_or_default();
         if now.trim() != old.trim() {
             let res = std::fs::write(path, old.trim());

@@ -106,6 +106,17 @@ fn sysctl_changed_then_killed() -> TestResult {
     Ok(())
 }
 
+/// Journals a module to load again (a file in DIR that is no module, so the
+/// parent's finit_module() fails and says so) and is SIGKILLed.
+fn module_unloaded_then_killed() -> TestResult {
+    let ko = format!("{}/mremap_dup_harness_check_fake.ko", dir());
+    std::fs::write(&ko, b"not an ELF file").map_err(|e| Failure::Fail(format!("{ko}: {e}")))?;
+    crate::harness::journal_module(std::path::Path::new(&ko), "answer=42");
+    // SAFETY: raise(2) has no memory-safety preconditions.
+    unsafe { libc::raise(libc::SIGKILL) };
+    Ok(())
+}
+
 /// Skips on a kernel without MREMAP_DUP, passes on one with it.
 fn needs_dup() -> TestResult {
     require_dup()
@@ -123,5 +134,6 @@ pub const TESTS: &[Test] = crate::tests![
     passes_leaving_grandchild,
     fails_leaving_escaped_grandchild,
     sysctl_changed_then_killed,
+    module_unloaded_then_killed,
     needs_dup,
 ];

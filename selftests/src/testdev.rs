@@ -511,6 +511,9 @@ impl Reload {
             Err(e) => return Err(Failure::Fail(format!("GET_PAT_BASE: {e}"))),
         };
         let params = pat.map(|b| format!("pat_base={b:#x}")).unwrap_or_default();
+        // Should this process die before its drop() runs, the harness's
+        // parent loads the module again.
+        crate::harness::journal_module(Path::new(&ko), &params);
         Ok(Self {
             ko: ko.into(),
             params,
