@@ -26,7 +26,8 @@ fragment=$REPO/ci/kernel.config.fragment
 series_tree=$tree
 # Options the .config must have (a fragment line Kconfig silently dropped).
 required="CONFIG_RUST=y CONFIG_KUNIT=y CONFIG_KASAN=y CONFIG_PROVE_LOCKING=y
-	CONFIG_DEBUG_VM=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_USERFAULTFD=y"
+	CONFIG_DEBUG_VM=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_USERFAULTFD=y
+	CONFIG_MEM_SOFT_DIRTY=y"
 # Options it must not have.
 forbidden=""
 if [ "$flavour" = bench ]; then
