@@ -89,9 +89,8 @@ TOTALS = re.compile(r"^# Totals: (.*)$")
 PROGRAMS = [
     ("selftests", "selftests.ktap", True),  # selftests/src/harness.rs
     ("kselftest", "kselftest.ktap", True),  # kselftest_harness.h
-    # selftests/src/stress.rs prints no "# Totals" line (yet): its plan and
-    # exit status are checked.
-    ("stress", "stress.ktap", False),
+    # selftests/src/stress.rs: fault injection and the races.
+    ("stress", "stress.ktap", True),
     # selftests/src/model.rs: the random-operation model and its leak check.
     ("model", "model.ktap", True),
     # dup_range() of crates/mremap-dup (selftests/src/helper_tests.rs) and

@@ -77,7 +77,7 @@ GOOD.update({
     "selftests.ktap": "KTAP version 1\n1..3\nok 1 a\nok 2 b\nok 3 c # SKIP no vgem\n# Totals: pass:2 fail:0 skip:1\n",
     "kselftest.ktap": "TAP version 13\n1..2\nok 1 dup.x\nok 2 dup.y # XFAIL known\n"
     "# Totals: pass:1 fail:0 xfail:1 xpass:0 skip:0 error:0\n",
-    "stress.ktap": "KTAP version 1\n1..1\n# race: fine\nok 1 race\n",
+    "stress.ktap": "KTAP version 1\n1..1\n# race: fine\nok 1 race\n# Totals: pass:1 fail:0 skip:0\n",
     "kunit/mremap_dup.ktap": kunit("mremap_dup", [f"ok {i} c{i}" for i in range(1, 6)]),
     "kunit/mremap_dup_mm.ktap": kunit("mremap_dup_mm", ["ok 1 m1", "ok 2 m2"]),
     "kunit/rust_allocator.ktap": kunit("rust_allocator", ["ok 1 test_alignment"], totals=False),
