@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# bench.sh [--max SIZE] [--icount-check] [--fork]: the MREMAP_DUP benchmarks
+# bench.sh [--max SIZE] [--icount-check] [--fork] [--lockhold]: the MREMAP_DUP benchmarks
 # (selftests/src/bench.rs), in one boot of the benchmark kernel (the series
 # with every debugging option off: build-kernel.sh bench,
 # ci/bench.config.fragment), 4 GiB of guest memory.
@@ -27,18 +27,27 @@
 # -icount, the patched/unpatched ratio of the medians against the spread
 # between boots of one kernel. It stays on the debug kernels because there
 # is no unpatched benchmark kernel to compare with (one more full build).
+#
+# --lockhold: instead, one boot of the benchmark kernel running
+# `mremap-dup-bench lockhold` (LOCKHOLD_ARGS, default a 256 MiB vgem buffer,
+# 10 s a scenario): the latency of another process's mmap()+munmap() on the
+# same DRM device while DUPs of the buffer copy its entries, against idle
+# and against the same CPU load without the lock. Table in
+# $CACHE/results/lockhold-<timestamp>/lockhold.txt.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 max=1G
 icount_check=0
 fork=0
+lockhold=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--max) max=$2; shift ;;
 	--icount-check) icount_check=1 ;;
 	--fork) fork=1 ;;
-	*) die "usage: bench.sh [--max SIZE] [--icount-check] [--fork]" ;;
+	--lockhold) lockhold=1 ;;
+	*) die "usage: bench.sh [--max SIZE] [--icount-check] [--fork] [--lockhold]" ;;
 	esac
 	shift
 done
@@ -90,8 +99,16 @@ fi
 "$REPO/scripts/build-kernel.sh" bench
 "$REPO/scripts/build-module.sh" bench >/dev/null
 
-out=$CACHE/results/bench-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$CACHE/results"
+if [ "$lockhold" = 1 ]; then
+	out=$CACHE/results/lockhold-$(date +%Y%m%d-%H%M%S)
+	echo "LOCKHOLD_ARGS=(${LOCKHOLD_ARGS:-})" >"$out.env"
+	BOOT_MEMORY=4G BOOT_TIMEOUT=3600 "$REPO/scripts/boot.sh" bench bench-lockhold "$out"
+	grep -q 'lockhold exit 0' "$out/exit.txt" || die "mremap-dup-bench lockhold failed: see $out/lockhold.txt"
+	cat "$out/lockhold.txt"
+	exit 0
+fi
+out=$CACHE/results/bench-$(date +%Y%m%d-%H%M%S)
 # QXL's VRAM domain is its RAM BAR: 512 MiB instead of 64 (BOs up to 256 MiB).
 export BOOT_MEMORY=4G BOOT_TIMEOUT=7200 BOOT_QXL_OPTS=,ram_size_mb=512
 

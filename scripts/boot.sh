@@ -29,6 +29,7 @@ kernel=$tree/out/arch/x86/boot/bzImage
 accel_file=$CACHE/accel
 # BOOT_QEMU_OPTS: more QEMU options (scripts/bench.sh: -icount).
 # BOOT_MEMORY: the guest's memory (default 2G; scripts/bench.sh: 4G).
+# BOOT_CPUS: its CPUs (default 2; scripts/mutants.sh --shard: 1 per shard).
 # BOOT_TIMEOUT: seconds before a boot is given up (default 3000).
 # BOOT_QXL_OPTS: properties of the qxl device (scripts/bench.sh:
 # ",ram_size_mb=512", the BAR that QXL's TTM VRAM domain manages; default 64).
@@ -75,7 +76,7 @@ boot_once() {
 		cd "$REPO" || exit 1
 		vrc=0
 		timeout --kill-after=30 "$limit" vng --run "$kernel" \
-			--memory "${BOOT_MEMORY:-2G}" --cpus 2 \
+			--memory "${BOOT_MEMORY:-2G}" --cpus "${BOOT_CPUS:-2}" \
 			"${kvm_opt[@]}" --rwdir="$results" --qemu-opts="$qemu_opts -pidfile $pidfile" \
 			--append="$kernel_args" \
 			--exec "bash ./scripts/guest-test.sh $results $mode $tree/module $keep" </dev/null 2>&1 || vrc=$?

@@ -9,7 +9,8 @@
 #   dmesg.txt        the kernel log after the last test
 #   done             written last: the guest came back
 # MODE: test (default) runs everything; demo runs the README demo only;
-# bench runs the benchmark, bench-fork the fork one (scripts/bench.sh);
+# bench runs the benchmark, bench-fork the fork one, bench-lockhold the
+# lock hold-time one (scripts/bench.sh);
 # failfast (scripts/mutants.sh) runs what test runs, the quickest-to-fail
 # first (the C kselftest, the KUnit suites, the Rust selftests, then the
 # rest), and stops at the first program or suite that fails or leaves a
@@ -78,6 +79,18 @@ if [ "$mode" = bench ]; then
 	umount "$mnt" 2>/dev/null
 	[ -n "${dev:-}" ] && losetup -d "$dev"
 	rm -f "$img"
+	dmesg >"$results/dmesg.txt"
+	echo done >"$results/done"
+	exit 0
+fi
+# bench-lockhold (scripts/bench.sh --lockhold): mremap-dup-bench lockhold
+# with LOCKHOLD_ARGS of RESULTS.env.
+if [ "$mode" = bench-lockhold ]; then
+	LOCKHOLD_ARGS=()
+	# shellcheck disable=SC1091
+	[ -f "$results.env" ] && . "$results.env"
+	"$bin/mremap-dup-bench" lockhold "${LOCKHOLD_ARGS[@]}" >"$results/lockhold.txt" 2>&1
+	echo "lockhold exit $?" >"$results/exit.txt"
 	dmesg >"$results/dmesg.txt"
 	echo done >"$results/done"
 	exit 0

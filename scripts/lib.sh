@@ -57,7 +57,8 @@ tree_for() {
 	case $1 in
 	patched) echo "$TREE_PATCHED" ;;
 	unpatched) echo "$TREE_UNPATCHED" ;;
-	mutant) echo "$CACHE/mutant" ;; # scripts/mutants.sh: v2s plus one mutant
+	# scripts/mutants.sh: v2s plus one mutant (mutant2...: its other shards)
+	mutant | mutant[2-9]) echo "$CACHE/$1" ;;
 	# scripts/bench.sh: the patched source (bench/src -> ../patched/src),
 	# built without debugging (ci/bench.config.fragment) into bench/out.
 	bench) echo "$CACHE/bench" ;;

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# mutants.sh [--list] [--check] [--baseline] [--file LIST] [NAME...]:
+# mutants.sh [--list] [--check] [--baseline] [--file LIST] [--shard K/N] [NAME...]:
 # mutation testing of the series. Each mutant of scripts/mutants.txt is one
 # small named change to the series' final tree that breaks one rule of the
 # contract; the tests must notice it.
@@ -23,6 +23,14 @@
 #   --baseline  run the unmutated tree the same way; its failures are then
 #               not counted as kills (flaky or known-failing tests)
 #   --file F    another list (default scripts/mutants.txt)
+#   --report    build nothing: the latest verdict of every mutant of the
+#               list from summary.tsv (series head, repo head, what killed
+#               it), those never run, and `mutants: K of N killed`
+#   --shard K/N run the Kth of every N mutants of the selection, in tree
+#               mutant (K = 1) or mutantK, with a guest of one CPU
+#               (BOOT_CPUS=1): N shards run side by side on N cores (a TCG
+#               guest's boot and most tests run on one CPU anyway). Their
+#               baseline must be run the same way (--baseline --shard 1/N).
 #
 # The list: one mutant a line, `name | file | s#perl regex#replacement# |
 # rule it breaks [| tests: FILTER...]`. The substitution is applied to the
@@ -52,19 +60,31 @@ set -euo pipefail
 list=$REPO/scripts/mutants.txt
 mode=run
 names=()
+shard=1 shards=1
 while [ $# -gt 0 ]; do
 	case $1 in
 	--list) mode=list ;;
 	--check) mode=check ;;
 	--baseline) mode=baseline ;;
+	--report) mode=report ;;
 	--file) list=$2; shift ;;
-	-*) die "usage: $0 [--list] [--check] [--baseline] [--file LIST] [NAME...]" ;;
+	--shard)
+		[[ $2 =~ ^([1-9])/([1-9])$ ]] && [ "${BASH_REMATCH[1]}" -le "${BASH_REMATCH[2]}" ] ||
+			die "--shard K/N: 1 <= K <= N <= 9"
+		shard=${BASH_REMATCH[1]} shards=${BASH_REMATCH[2]}
+		shift
+		;;
+	-*) die "usage: $0 [--list] [--check] [--baseline] [--file LIST] [--shard K/N] [NAME...]" ;;
 	*) names+=("$1") ;;
 	esac
 	shift
 done
 
-mtree=$(tree_for mutant)
+flavour=mutant
+[ "$shard" -gt 1 ] && flavour=mutant$shard
+mtree=$(tree_for "$flavour")
+# One CPU a guest when shards share the machine.
+[ "$shards" -gt 1 ] && export BOOT_CPUS=1
 msrc=$mtree/src
 shadow=$mtree/shadow
 resdir=$CACHE/results/mutants
@@ -133,13 +153,54 @@ if [ "$mode" = list ]; then
 	exit 0
 fi
 
-exec 9>"$CACHE/mutant.lock"
+if [ "$mode" = report ]; then
+	parse_list | python3 -c '
+import sys
+summary, = sys.argv[1:]
+latest = {}
+try:
+    for line in open(summary):
+        f = line.rstrip("\n").split("\t")
+        if len(f) == 8 and f[4] in ("KILLED", "SURVIVED", "ERROR"):
+            latest[f[3]] = f  # time series repo name verdict details build guest
+except FileNotFoundError:
+    pass
+counts = {"KILLED": 0, "SURVIVED": 0, "ERROR": 0, "NOT RUN": 0}
+eq_survived = 0
+for rec in sys.stdin:
+    name, _file, _subst, rule, _tests, eq = rec.rstrip("\n").split("\x1f")
+    if name.startswith("!"):
+        continue
+    f = latest.get(name)
+    verdict = f[4] if f else "NOT RUN"
+    counts[verdict] += 1
+    tag = " [equivalent]" if eq == "1" else ""
+    if verdict == "SURVIVED" and eq == "1":
+        eq_survived += 1
+    if f:
+        print(f"{verdict:8} {name}{tag} (series {f[1]}, repo {f[2]}, {f[0]}): {f[5]}")
+    else:
+        print(f"{verdict:8} {name}{tag}: {rule}")
+killed, survived = counts["KILLED"], counts["SURVIVED"]
+not_run, errors = counts["NOT RUN"], counts["ERROR"]
+print(f"mutants: {killed} of {killed + survived} killed ({eq_survived} of the {survived} survivors"
+      f" marked equivalent); {not_run} not run, {errors} errors")
+' "$resdir/summary.tsv"
+	exit 0
+fi
+
+exec 9>"$CACHE/$flavour.lock"
 flock -n 9 || die "another mutants.sh is running"
 setup_tree
 trap clean_tree EXIT
 
-# Selected entries of the list; an unknown NAME is an error.
+# This shard's part of the selection: every shards-th entry.
 selected() {
+	selection | awk -v k="$shard" -v n="$shards" '(NR - 1) % n == k - 1'
+}
+
+# Selected entries of the list; an unknown NAME is an error.
+selection() {
 	local all
 	all=$(parse_list)
 	if [ ${#names[@]} = 0 ]; then
@@ -188,12 +249,12 @@ prepare_shadow() {
 	mkdir -p "$shadow"
 	git -C "$REPO" archive HEAD | tar -x -C "$shadow"
 	repo_head=$(git -C "$REPO" rev-parse --short HEAD)
-	timed "Rust selftests build (repo at $repo_head)" env CARGO_TARGET_DIR="$mtree/cargo-target" \
+	timed "Rust selftests build (repo at $repo_head)" env CARGO_TARGET_DIR="$CACHE/mutant/cargo-target" \
 		cargo build --release --quiet --manifest-path "$shadow/Cargo.toml"
 	mkdir -p "$shadow/target/release"
 	# Every program guest-test.sh runs: the workspace's binaries, and the C
 	# tests of include/mremap_dup.h (into $shadow/target/c-tests).
-	find "$mtree/cargo-target/release" -maxdepth 1 -type f -executable -name 'mremap-dup-*' \
+	find "$CACHE/mutant/cargo-target/release" -maxdepth 1 -type f -executable -name 'mremap-dup-*' \
 		-exec cp -t "$shadow/target/release" {} +
 	mv "$shadow/target/release/mremap-dup-selftests" "$shadow/target/release/mremap-dup-selftests.real"
 	timed "C tests build" "$shadow/scripts/build-c-tests.sh" >/dev/null
@@ -217,10 +278,10 @@ prepare_guest_files() {
 	# The modules build against the kernel's build dir: build it unmutated
 	# first (after a change of the series, that is most of the work).
 	clean_tree
-	timed "unmutated kernel" nice -n 19 "$shadow/scripts/build-kernel.sh" mutant >"$resdir/kernel-build.log" 2>&1 ||
-		die "unmutated kernel build failed, see $resdir/kernel-build.log"
-	timed "Rust modules" "$shadow/scripts/build-module.sh" mutant >"$resdir/module-build.log" 2>&1 ||
-		die "module build failed, see $resdir/module-build.log"
+	timed "unmutated kernel" nice -n 19 "$shadow/scripts/build-kernel.sh" "$flavour" >"$resdir/kernel-build-$flavour.log" 2>&1 ||
+		die "unmutated kernel build failed, see $resdir/kernel-build-$flavour.log"
+	timed "Rust modules" "$shadow/scripts/build-module.sh" "$flavour" >"$resdir/module-build-$flavour.log" 2>&1 ||
+		die "module build failed, see $resdir/module-build-$flavour.log"
 	local out=$mtree/kselftest kunit=$mtree/kselftest/kunit
 	rm -rf "$out"
 	mkdir -p "$kunit"
@@ -237,14 +298,22 @@ prepare_guest_files() {
 # guest RESULTS MODE: boot the mutant kernel with the tests, at most
 # $guest_timeout seconds (a hung guest is a kill).
 guest() {
-	local out=$1 mode=$2 pid waited=0
-	(cd "$shadow" && exec setsid nice -n 19 ./scripts/boot.sh mutant "$mode" "$out") \
+	local out=$1 mode=$2 pid waited=0 qemu
+	# boot.sh's own limit stops a hung guest and kills its QEMU; this one,
+	# a minute later, is the backstop. vng runs under timeout(1), which puts
+	# itself in a process group of its own: killing boot.sh's group leaves
+	# QEMU running, so QEMU is killed by its pidfile as well.
+	(cd "$shadow" && BOOT_TIMEOUT=$guest_timeout exec setsid nice -n 19 ./scripts/boot.sh "$flavour" "$mode" "$out") \
 		</dev/null >"$out.boot.log" 2>&1 &
 	pid=$!
 	while kill -0 "$pid" 2>/dev/null; do
-		if [ "$waited" -ge "$guest_timeout" ]; then
+		if [ "$waited" -ge $((guest_timeout + 60)) ]; then
 			log "guest run over $guest_timeout s: stopping it"
 			kill -TERM -- "-$pid" 2>/dev/null || true
+			qemu=$(cat "$out.qemu.pid" 2>/dev/null) || true
+			if [ -n "$qemu" ] && grep -qaF -- "$out.qemu.pid" "/proc/$qemu/cmdline" 2>/dev/null; then
+				kill -KILL "$qemu" 2>/dev/null || true
+			fi
 			sleep 5
 			kill -KILL -- "-$pid" 2>/dev/null || true
 			echo "$guest_timeout" >"$out.timeout"
@@ -298,7 +367,7 @@ run_one() {
 	git -C "$msrc" diff >"$rdir/mutant.diff"
 	log "mutant $name: $(git -C "$msrc" diff --stat | tail -1)"
 	t0=$(date +%s)
-	if ! nice -n 19 "$shadow/scripts/build-kernel.sh" mutant >"$rdir/build.log" 2>&1; then
+	if ! nice -n 19 "$shadow/scripts/build-kernel.sh" "$flavour" >"$rdir/build.log" 2>&1; then
 		echo "ERROR $name: build failed, see $rdir/build.log"
 		errors=$((errors + 1))
 		record ERROR "$name" "build failed" $(( $(date +%s) - t0 )) 0

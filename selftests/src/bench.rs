@@ -40,6 +40,20 @@
 //! the same with kind `vmas` and the number of extra VMAs for size,
 //! `S kind size method reason` for what could not be measured, `#` comments.
 //!
+//! `mremap-dup-bench lockhold [--size SIZE] [--seconds N]`: how long a
+//! DUP of a large, fully present vgem buffer keeps other users of the DRM
+//! device's address space waiting. Every GEM mmap of a device shares one
+//! `address_space` (the device's anonymous inode), whose `i_mmap_rwsem` the
+//! copy of the entries takes for writing, one PTE table at a time. A second
+//! process loops mmap() + munmap() of a small buffer of the same device,
+//! which take the same lock for writing (link and unlink of its VMA), and
+//! records each pair's latency, while the first process: sleeps (idle);
+//! copies memory without the lock (cpu, the CPU contention alone); loops
+//! DUP + munmap of the large buffer (dup). Printed: the victim's latency
+//! percentiles and maximum per scenario, and the DUP's own median time
+//! (with the lock held for the whole copy, the victim's maximum would be
+//! about one DUP; held per PTE table, about one table's copy).
+//!
 //! `mremap-dup-bench fork`: fork() of a process with 64 MiB of populated
 //! private memory (the loop the series threads a destination address
 //! through), for a patched/unpatched comparison (`scripts/bench.sh --fork`).
@@ -419,7 +433,8 @@ fn list(s: &str) -> Vec<String> {
 
 const USAGE: &str = "usage: mremap-dup-bench run [--sizes 4K,16K,..] [--max SIZE] \
 [--kinds memfd,shmem,ext4,vgem,qxl,testdev] [--file-dir DIR] [--min-reps N] \
-[--max-reps N] [--budget-ms MS] [--cycles N] [--steady-max SIZE] [--vmas 10,1000,30000] | fork";
+[--max-reps N] [--budget-ms MS] [--cycles N] [--steady-max SIZE] [--vmas 10,1000,30000] | \
+lockhold [--size SIZE] [--seconds N] | fork";
 
 fn parse_opts(args: &[String]) -> Opts {
     let mut o = Opts {
@@ -922,10 +937,146 @@ fn fork_cost() {
     );
 }
 
+/// A vgem dumb buffer of `len` bytes (one 4096-byte row a page), mapped
+/// and written once; its handle stays open with `card`.
+fn vgem_buffer(card: &OwnedFd, len: usize) -> Result<usize, String> {
+    let rows = (len / 4096).max(1) as u32;
+    let db = drm_ffi::mode::dumbbuffer::create(card.as_fd(), 1024, rows, 32, 0)
+        .map_err(|e| format!("vgem CREATE_DUMB: {e}"))?;
+    let off = drm_ffi::mode::dumbbuffer::map(card.as_fd(), db.handle, 0, 0)
+        .map_err(|e| format!("vgem MAP_DUMB: {e}"))?
+        .offset;
+    let addr = mmap(0, len, RW, libc::MAP_SHARED, card.as_raw_fd(), off)
+        .map_err(|e| format!("mmap of the vgem buffer: {e}"))?;
+    touch_write(addr, len, 1);
+    Ok(addr)
+}
+
+/// The victim of [`lockhold`]: mmap() + munmap() of its own 64 KiB buffer
+/// of the device until `stop` says so; the latency of each pair, in µs.
+fn lockhold_victim(card: &OwnedFd, stop: &AtomicU64) -> Vec<f64> {
+    let len = 64 << 10;
+    let rows = (len / 4096) as u32;
+    let db =
+        drm_ffi::mode::dumbbuffer::create(card.as_fd(), 1024, rows, 32, 0).expect("CREATE_DUMB");
+    let off = drm_ffi::mode::dumbbuffer::map(card.as_fd(), db.handle, 0, 0)
+        .expect("MAP_DUMB")
+        .offset;
+    let mut lat = Vec::new();
+    while stop.load(Ordering::Relaxed) == 0 {
+        let t = Instant::now();
+        let a = mmap(0, len, RW, libc::MAP_SHARED, card.as_raw_fd(), off).expect("victim mmap");
+        munmap(a, len);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat
+}
+
+fn lockhold(args: &[String]) {
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let len = arg("--size").map_or(256 << 20, |s| parse_size(s));
+    let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10);
+    assert!(mremap_dup::is_supported(), "this kernel has no MREMAP_DUP");
+    let card = card::open_card("vgem").expect("vgem card");
+    let big = vgem_buffer(&card, len).expect("the large buffer");
+    let res = reserve(len);
+    let scratch = mmap(
+        0,
+        2 << 20,
+        RW,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+        -1,
+        0,
+    )
+    .expect("scratch");
+    println!(
+        "# lockhold: vgem buffer {} MiB, {seconds} s a scenario",
+        len >> 20
+    );
+    println!("scenario\tvictim pairs\tp50 us\tp99 us\tmax us\tDUP median us\tDUPs");
+    for scenario in ["idle", "cpu", "dup", "idle"] {
+        // The victim in a process of its own (its own mm: only the device's
+        // i_mmap_rwsem is shared), reporting through a pipe.
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let stop =
+            mmap(0, page(), RW, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0).expect("flag");
+        // SAFETY: a page of shared memory that both processes only access
+        // as one AtomicU64.
+        let flag = unsafe { &*(stop as *const AtomicU64) };
+        // SAFETY: the child runs the victim loop and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let lat = lockhold_victim(&card, flag);
+            let bytes: Vec<u8> = lat.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            // SAFETY: the pipe's write end; then leave at once.
+            unsafe {
+                for chunk in bytes.chunks(4096) {
+                    libc::write(fds[1], chunk.as_ptr().cast(), chunk.len());
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the parent's copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let mut dups = Vec::new();
+        while Instant::now() < end {
+            match scenario {
+                "cpu" => copy(big, scratch, 2 << 20),
+                "dup" => {
+                    let t = Instant::now();
+                    dup_fixed(big, len, res).expect("DUP");
+                    dups.push(t.elapsed().as_secs_f64() * 1e6);
+                    rereserve(res, len);
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        flag.store(1, Ordering::Relaxed);
+        // SAFETY: the read end, owned from here on.
+        let mut out = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut bytes).expect("victim's latencies");
+        let mut st = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        munmap(stop, page());
+        let mut lat: Vec<f64> = bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        dups.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let q = |v: &[f64], f: f64| {
+            v.get(((v.len() as f64 - 1.0) * f) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "{scenario}\t{}\t{:.0}\t{:.0}\t{:.0}\t{:.0}\t{}",
+            lat.len(),
+            q(&lat, 0.5),
+            q(&lat, 0.99),
+            q(&lat, 1.0),
+            q(&dups, 0.5),
+            dups.len()
+        );
+    }
+    munmap(res, len);
+    munmap(big, len);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
+        Some("lockhold") => lockhold(&args[1..]),
         Some("fork") => fork_cost(),
         _ => {
             eprintln!("{USAGE}");

@@ -728,6 +728,107 @@ fn systematic(c: &Case, later: bool) -> Result<String, String> {
     Err(format!("{}: no DUP succeeded in 2000 calls", c.what))
 }
 
+/// VmPTE of /proc/self/status: the bytes of this mm's page tables, in kB.
+fn vm_pte_kb() -> Result<u64, String> {
+    let status = fs::read_to_string("/proc/self/status").map_err(|e| format!("status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPTE:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmPTE in /proc/self/status".into())
+}
+
+/// Page tables prepared for a copy that is then abandoned are freed.
+///
+/// A populated 16-page memfd mapping (its entries are copied, so the DUP
+/// allocates a PTE table for the destination before it allocates the new
+/// VMA) and, 4 MiB further in the same 8 MiB region, a 2 MiB destination
+/// that nothing maps: no other VMA shares its PTE table, and the PMD table
+/// above it is the source's. DUP|FIXED there with the 1st, 2nd, ...
+/// fault-injection point failing (with `later`: and every point after it)
+/// until one succeeds with nothing injected. After every failure VmPTE is
+/// what it was before the call and the destination is still unmapped;
+/// after the success and munmap() of the duplicate, too.
+fn page_tables_freed(later: bool) -> Result<String, String> {
+    const PMD: usize = 2 << 20;
+    let pages = 16;
+    let len = pages * page();
+    let fd = memfd(len)?;
+    // An 8 MiB region inside one 1 GiB range (one PMD table), 2 MiB-aligned.
+    let region = reserve_at(0, 4 * PMD + PMD, libc::PROT_NONE, 0)?;
+    let base = (region + PMD - 1) & !(PMD - 1);
+    if base / (1 << 30) != (base + 4 * PMD - 1) / (1 << 30) {
+        return Ok("SKIP the region straddles a 1 GiB boundary (run again)".into());
+    }
+    let src = mmap(
+        base,
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED | libc::MAP_FIXED,
+        fd.as_raw_fd(),
+        0,
+    )
+    .map_err(|e| format!("mmap of the memfd: {}", errname(e)))?;
+    fill(src, 0..pages, 7);
+    let dst = base + 2 * PMD;
+    if munmap(dst, PMD) != 0 {
+        return Err(format!("munmap of the destination: {}", errname(errno())));
+    }
+    let nth = open_rw("/proc/thread-self/fail-nth")?;
+    let mif = open_rw("/proc/self/make-it-fail")?;
+    let unmapped = |what: &str| -> Result<(), String> {
+        let m = Maps::read(dst, dst + PMD)?;
+        if m.inside.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{what}: the destination is mapped: {:?}", m.inside))
+        }
+    };
+    for n in 1..2000 {
+        let before = vm_pte_kb()?;
+        let (r, injected) = with_fail_nth(&nth, &mif, n, later, || dup(src, len, Some(dst)))?;
+        match r {
+            Err(e) => {
+                if e != libc::ENOMEM || !injected {
+                    return Err(format!("fail-nth {n}: {}, injected {injected}", errname(e)));
+                }
+                unmapped(&format!("fail-nth {n}"))?;
+                let after = vm_pte_kb()?;
+                if after != before {
+                    return Err(format!(
+                        "fail-nth {n}: VmPTE {before} -> {after} kB after a failed DUP: \
+                         page tables prepared for the copy left behind"
+                    ));
+                }
+            }
+            Ok(d) => {
+                if let Some(p) = mismatch(d, 0..pages, 7) {
+                    return Err(format!(
+                        "fail-nth {n}: duplicate page {p} does not hold the source's"
+                    ));
+                }
+                if munmap(d, len) != 0 {
+                    return Err(format!("munmap of the duplicate: {}", errname(errno())));
+                }
+                unmapped("after munmap")?;
+                let after = vm_pte_kb()?;
+                if after != before {
+                    return Err(format!(
+                        "fail-nth {n}: VmPTE {before} -> {after} kB after DUP and munmap"
+                    ));
+                }
+                if !injected {
+                    return Ok(format!(
+                        "{} injection points, VmPTE {before} kB after each",
+                        n - 1
+                    ));
+                }
+            }
+        }
+    }
+    Err("no DUP succeeded in 2000 calls".into())
+}
+
 /// The debugfs fault-injection settings a test run changes, restored on drop.
 struct FaultInjection {
     saved: Vec<(String, String)>,
@@ -1930,6 +2031,14 @@ fn injection_tests() -> Vec<(&'static str, Body)> {
         ("fail_nth_and_later_memfd_guard_region", one(1, true)),
         ("fail_nth_and_later_vgem_below_4g", one(2, true)),
         ("fail_nth_and_later_memfd_guard_region_merged", one(3, true)),
+        (
+            "fail_nth_page_tables_freed",
+            Box::new(|| page_tables_freed(false)),
+        ),
+        (
+            "fail_nth_and_later_page_tables_freed",
+            Box::new(|| page_tables_freed(true)),
+        ),
     ]
 }
 
