@@ -940,14 +940,7 @@ fn fork_cost() {
 /// A vgem dumb buffer of `len` bytes (one 4096-byte row a page), mapped
 /// and written once; its handle stays open with `card`.
 fn vgem_buffer(card: &OwnedFd, len: usize) -> Result<usize, String> {
-    let rows = (len / 4096).max(1) as u32;
-    let db = drm_ffi::mode::dumbbuffer::create(card.as_fd(), 1024, rows, 32, 0)
-        .map_err(|e| format!("vgem CREATE_DUMB: {e}"))?;
-    let off = drm_ffi::mode::dumbbuffer::map(card.as_fd(), db.handle, 0, 0)
-        .map_err(|e| format!("vgem MAP_DUMB: {e}"))?
-        .offset;
-    let addr = mmap(0, len, RW, libc::MAP_SHARED, card.as_raw_fd(), off)
-        .map_err(|e| format!("mmap of the vgem buffer: {e}"))?;
+    let (_, addr, _) = card::map_dumb(card, 1024, (len / 4096).max(1) as u32)?;
     touch_write(addr, len, 1);
     Ok(addr)
 }
@@ -956,10 +949,10 @@ fn vgem_buffer(card: &OwnedFd, len: usize) -> Result<usize, String> {
 /// of the device until `stop` says so; the latency of each pair, in µs.
 fn lockhold_victim(card: &OwnedFd, stop: &AtomicU64) -> Vec<f64> {
     let len = 64 << 10;
-    let rows = (len / 4096) as u32;
-    let db =
-        drm_ffi::mode::dumbbuffer::create(card.as_fd(), 1024, rows, 32, 0).expect("CREATE_DUMB");
-    let off = drm_ffi::mode::dumbbuffer::map(card.as_fd(), db.handle, 0, 0)
+    let (handle, buf, _) =
+        card::map_dumb(card, 1024, (len / 4096) as u32).expect("victim's buffer");
+    munmap(buf, len);
+    let off = drm_ffi::mode::dumbbuffer::map(card.as_fd(), handle, 0, 0)
         .expect("MAP_DUMB")
         .offset;
     let mut lat = Vec::new();

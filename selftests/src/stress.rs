@@ -403,21 +403,6 @@ impl Reservation {
     }
 }
 
-/// A `width` x `height` x 32 bpp dumb buffer on `card`, mapped shared
-/// read-write where the kernel picks: (handle, address, length).
-fn map_dumb(card: &OwnedFd, width: u32, height: u32) -> Result<(u32, usize, usize), String> {
-    let db = drm_ffi::mode::dumbbuffer::create(card.as_fd(), width, height, 32, 0)
-        .map_err(|e| format!("DRM_IOCTL_MODE_CREATE_DUMB: {e}"))?;
-    let off = drm_ffi::mode::dumbbuffer::map(card.as_fd(), db.handle, 0, 0)
-        .map_err(|e| format!("DRM_IOCTL_MODE_MAP_DUMB: {e}"))?
-        .offset;
-    let len = db.size as usize;
-    let rw = libc::PROT_READ | libc::PROT_WRITE;
-    let addr = mmap(0, len, rw, libc::MAP_SHARED, card.as_raw_fd(), off as usize)
-        .map_err(|e| format!("mmap of the dumb buffer: {}", errname(e)))?;
-    Ok((db.handle, addr, len))
-}
-
 /// A source mapping, what keeps it alive, and its destination.
 struct Case {
     what: &'static str,
@@ -487,7 +472,7 @@ impl Case {
         let Ok(card) = card::open_card("vgem") else {
             return Ok(None);
         };
-        let (_, src, len) = map_dumb(&card, 1024, 512)?;
+        let (_, src, len) = card::map_dumb(&card, 1024, 512)?;
         let c = Case {
             what: "vgem dumb buffer",
             src,
@@ -1838,7 +1823,7 @@ fn race_vgem(seconds: u64, seed: u64) -> Result<String, String> {
         while v.ctl.running() && start.elapsed() < Duration::from_secs(seconds) {
             let round = || -> Result<VgemRound, String> {
                 let card = card::open_card("vgem")?;
-                let (handle, addr, len) = map_dumb(&card, VGEM_SIDE, VGEM_SIDE)?;
+                let (handle, addr, len) = card::map_dumb(&card, VGEM_SIDE, VGEM_SIDE)?;
                 Ok(VgemRound {
                     card,
                     handle,
