@@ -15,6 +15,7 @@
 //! | 3 `DONTCOPY` | as `REMAP_PFN`, plus `VM_DONTCOPY` | |
 //! | 4 `PAT_WC` | one `remap_pfn_range()` of the whole VMA onto non-RAM, write-combining | `VM_PFNMAP \| VM_IO` |
 //! | 5 `FAULT_REL` | `vmf_insert_pfn()` from `->fault`, page at the offset into the VMA | `VM_PFNMAP \| VM_IO` |
+//! | 6 `MREMAP_HOOK` | as `REMAP_PFN`, plus `vm_ops->mremap` | |
 //!
 //! Only shared mappings are offered (`MAP_PRIVATE` gets `EINVAL`), as DRM's
 //! GEM shmem and TTM helpers do: a private mapping of PFNs is a
@@ -67,7 +68,8 @@ use kernel::{
 mod abi;
 use abi::{
     Counts, PatBase, DONTCOPY, FAULT_PFN, FAULT_REL, FLAVOURS, FLAVOUR_STRIDE, IOCTL_TYPE, MAGIC,
-    MIXED, NAME, NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC, REMAP_PFN,
+    MIXED, MREMAP_HOOK, NAME, NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC,
+    REMAP_PFN,
 };
 
 const GET_OPENS: u32 = _IOR::<Counts>(IOCTL_TYPE as u32, NR_GET_OPENS as u32);
@@ -331,6 +333,14 @@ unsafe extern "C" fn vm_fault_rel(vmf: *mut bindings::vm_fault) -> bindings::vm_
     unsafe { insert_page(vmf, index) }
 }
 
+/// `vm_operations_struct::mremap` of `MREMAP_HOOK`: accepts the move. A
+/// driver that keeps the mapping's address (resctrl's pseudo-locked region,
+/// the aio ring) would update it here; MREMAP_DUP must refuse such a
+/// mapping, whose owner can follow a move but not a second mapping.
+extern "C" fn vm_mremap(_vma: *mut bindings::vm_area_struct) -> c_int {
+    0
+}
+
 /// `vm_operations_struct` made of function pointers only.
 struct VmOps(bindings::vm_operations_struct);
 // SAFETY: immutable, and made of function pointers and None: sharing it
@@ -340,18 +350,24 @@ unsafe impl Sync for VmOps {}
 /// A `vm_operations_struct::fault` handler.
 type FaultFn = unsafe extern "C" fn(*mut bindings::vm_fault) -> bindings::vm_fault_t;
 
-const fn vm_ops(fault: Option<FaultFn>) -> VmOps {
+/// A `vm_operations_struct::mremap` hook.
+type MremapFn = unsafe extern "C" fn(*mut bindings::vm_area_struct) -> c_int;
+
+const fn vm_ops(fault: Option<FaultFn>, mremap: Option<MremapFn>) -> VmOps {
     VmOps(bindings::vm_operations_struct {
         open: Some(vm_open),
         close: Some(vm_close),
         fault,
+        mremap,
         ..pin_init::zeroed()
     })
 }
 
-static OPS_NOFAULT: VmOps = vm_ops(None);
-static OPS_FAULT: VmOps = vm_ops(Some(vm_fault));
-static OPS_FAULT_REL: VmOps = vm_ops(Some(vm_fault_rel));
+static OPS_NOFAULT: VmOps = vm_ops(None, None);
+static OPS_FAULT: VmOps = vm_ops(Some(vm_fault), None);
+static OPS_FAULT_REL: VmOps = vm_ops(Some(vm_fault_rel), None);
+// vm_mremap() needs no precondition: a safe function is a valid hook.
+static OPS_MREMAP_HOOK: VmOps = vm_ops(None, Some(vm_mremap as MremapFn));
 
 /// Completes the setup of a VMA of `flavour`: our vm_ops, and the VMA's own
 /// reference to the memory in `vm_private_data`; counts the mapping as
@@ -525,7 +541,7 @@ impl MiscDevice for TestDev {
         vma.set_dontexpand();
         let pages = (vma.end() - vma.start()) / PAGE_SIZE;
         let ops = match flavour {
-            REMAP_PFN | DONTCOPY => {
+            REMAP_PFN | DONTCOPY | MREMAP_HOOK => {
                 let pfnmap = VmaPfnMap::new(vma)?;
                 if flavour == DONTCOPY {
                     vma.set_dontcopy();
@@ -543,7 +559,11 @@ impl MiscDevice for TestDev {
                         )
                     }?;
                 }
-                &OPS_NOFAULT
+                if flavour == MREMAP_HOOK {
+                    &OPS_MREMAP_HOOK
+                } else {
+                    &OPS_NOFAULT
+                }
             }
             FAULT_PFN => {
                 VmaPfnMap::new(vma)?;

@@ -48,8 +48,12 @@ pub(crate) const PAT_WC: usize = 4;
 /// the VMA, ignoring the file offset, as drm_gem_shmem does
 /// (`VM_PFNMAP | VM_IO`, not `VM_LINEAR_PGOFF`): duplicated whole only.
 pub(crate) const FAULT_REL: usize = 5;
+/// As [`REMAP_PFN`], plus a `vm_ops->mremap` hook (which accepts every
+/// move): a driver that tracks its mapping's address, as resctrl's
+/// pseudo-locked region device does, without `VM_DONTCOPY`.
+pub(crate) const MREMAP_HOOK: usize = 6;
 /// The number of flavours.
-pub(crate) const FLAVOURS: usize = 6;
+pub(crate) const FLAVOURS: usize = 7;
 
 /// The mmap offset, in bytes, of `flavour` for pages of `page_size` bytes.
 pub(crate) const fn flavour_offset(flavour: usize, page_size: usize) -> usize {

@@ -296,6 +296,7 @@ fn testdev_name(f: usize) -> &'static str {
         abi::DONTCOPY => "testdev-dontcopy",
         abi::PAT_WC => "testdev-pat_wc",
         abi::FAULT_REL => "testdev-fault_rel",
+        abi::MREMAP_HOOK => "testdev-mremap_hook",
         _ => "testdev-unknown",
     }
 }

@@ -18,7 +18,7 @@
 //! - `--rules linear|whole`: whether the test device's `FAULT_PFN` flavour
 //!   (`VM_LINEAR_PGOFF`) may be duplicated in part (`linear`, the series
 //!   now) or whole only (`whole`, the first series). `auto` (default): by
-//!   the test device's flavour count (6 flavours, FAULT_REL among them:
+//!   the test device's flavour count (6 or more, FAULT_REL among them:
 //!   `linear`).
 //! - `--no-dup`: no MREMAP_DUP calls (to check the rest of the model on a
 //!   kernel without it).
@@ -119,6 +119,8 @@ struct Flavour {
     part: Option<bool>,
     /// VM_DONTCOPY: no duplicate, not in a fork child.
     dontcopy: bool,
+    /// vm_ops->mremap: no duplicate (moves and fork copies are fine).
+    mremap_hook: bool,
     /// VM_PFNMAP: MADV_DONTNEED is EINVAL.
     pfnmap: bool,
     /// Faults map the page at the offset into the VMA.
@@ -127,12 +129,13 @@ struct Flavour {
     pat: bool,
 }
 
-const FLAVOURS: [Flavour; 6] = [
+const FLAVOURS: [Flavour; abi::FLAVOURS] = [
     Flavour {
         id: abi::REMAP_PFN,
         name: "REMAP_PFN",
         part: Some(false),
         dontcopy: false,
+        mremap_hook: false,
         pfnmap: true,
         rel_fault: false,
         pat: false,
@@ -142,6 +145,7 @@ const FLAVOURS: [Flavour; 6] = [
         name: "FAULT_PFN",
         part: None,
         dontcopy: false,
+        mremap_hook: false,
         pfnmap: true,
         rel_fault: false,
         pat: false,
@@ -151,6 +155,7 @@ const FLAVOURS: [Flavour; 6] = [
         name: "MIXED",
         part: Some(false),
         dontcopy: false,
+        mremap_hook: false,
         pfnmap: false,
         rel_fault: false,
         pat: false,
@@ -160,6 +165,7 @@ const FLAVOURS: [Flavour; 6] = [
         name: "DONTCOPY",
         part: Some(false),
         dontcopy: true,
+        mremap_hook: false,
         pfnmap: true,
         rel_fault: false,
         pat: false,
@@ -169,6 +175,7 @@ const FLAVOURS: [Flavour; 6] = [
         name: "PAT_WC",
         part: Some(false),
         dontcopy: false,
+        mremap_hook: false,
         pfnmap: true,
         rel_fault: false,
         pat: true,
@@ -178,16 +185,34 @@ const FLAVOURS: [Flavour; 6] = [
         name: "FAULT_REL",
         part: Some(false),
         dontcopy: false,
+        mremap_hook: false,
         pfnmap: true,
         rel_fault: true,
         pat: false,
     },
+    Flavour {
+        id: abi::MREMAP_HOOK,
+        name: "MREMAP_HOOK",
+        part: Some(false),
+        dontcopy: false,
+        mremap_hook: true,
+        pfnmap: true,
+        rel_fault: false,
+        pat: false,
+    },
 ];
 
-nix::ioctl_read!(get_opens6, abi::IOCTL_TYPE, abi::NR_GET_OPENS, [u64; 6]);
-nix::ioctl_read!(get_closes6, abi::IOCTL_TYPE, abi::NR_GET_CLOSES, [u64; 6]);
-nix::ioctl_read!(get_opens5, abi::IOCTL_TYPE, abi::NR_GET_OPENS, [u64; 5]);
-nix::ioctl_read!(get_closes5, abi::IOCTL_TYPE, abi::NR_GET_CLOSES, [u64; 5]);
+/// The test device's per-flavour counts (`GET_OPENS`, `GET_CLOSES`: `nr`)
+/// from a module of `n` flavours (the request code names the size), or None
+/// if the module has another number of flavours.
+fn read_counts(fd: &OwnedFd, nr: u8, n: usize) -> Option<Vec<u64>> {
+    let mut v = vec![0u64; n];
+    let req = nix::request_code_read!(abi::IOCTL_TYPE, nr, n * std::mem::size_of::<u64>());
+    // SAFETY: the device writes at most the size the request names, which
+    // is the size of `v`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, v.as_mut_ptr()) };
+    (r == 0).then_some(v)
+}
 nix::ioctl_read!(get_pat_base, abi::IOCTL_TYPE, abi::NR_GET_PAT_BASE, u64);
 
 /// splitmix64.
@@ -455,16 +480,11 @@ impl Dev {
             .open(abi::DEV_PATH.to_str().ok()?)
             .ok()?;
         let fd: OwnedFd = f.into();
-        let mut six = [0u64; 6];
-        let mut five = [0u64; 5];
-        // SAFETY: the device writes one array of the size the request names.
-        let flavours = if unsafe { get_opens6(fd.as_raw_fd(), &mut six) }.is_ok() {
-            6
-        } else if unsafe { get_opens5(fd.as_raw_fd(), &mut five) }.is_ok() {
-            5
-        } else {
-            return None;
-        };
+        // This tree's module, or one of an earlier series (5 flavours: no
+        // FAULT_REL, FAULT_PFN whole only; 6: no MREMAP_HOOK).
+        let flavours = [abi::FLAVOURS, 6, 5]
+            .into_iter()
+            .find(|&n| read_counts(&fd, abi::NR_GET_OPENS, n).is_some())?;
         let mut base = 0u64;
         // SAFETY: the device writes one u64.
         let pat = unsafe { get_pat_base(fd.as_raw_fd(), &mut base) }.is_ok();
@@ -476,24 +496,8 @@ impl Dev {
 
     /// (opens, closes) per flavour.
     fn counts(&self) -> (Vec<u64>, Vec<u64>) {
-        let fd = self.fd.as_raw_fd();
-        if self.flavours == 6 {
-            let (mut o, mut c) = ([0u64; 6], [0u64; 6]);
-            // SAFETY: as in open().
-            unsafe {
-                let _ = get_opens6(fd, &mut o);
-                let _ = get_closes6(fd, &mut c);
-            }
-            (o.to_vec(), c.to_vec())
-        } else {
-            let (mut o, mut c) = ([0u64; 5], [0u64; 5]);
-            // SAFETY: as in open().
-            unsafe {
-                let _ = get_opens5(fd, &mut o);
-                let _ = get_closes5(fd, &mut c);
-            }
-            (o.to_vec(), c.to_vec())
-        }
+        let read = |nr| read_counts(&self.fd, nr, self.flavours).unwrap_or_default();
+        (read(abi::NR_GET_OPENS), read(abi::NR_GET_CLOSES))
     }
 }
 
@@ -617,7 +621,7 @@ impl World {
                 .push("no test device (mremap_dup_testdev not loaded): no device flavours".into()),
             Some(d) => {
                 let (flavours, pat) = (d.flavours, d.pat);
-                let linear = linear.unwrap_or(flavours == 6);
+                let linear = linear.unwrap_or(flavours >= 6);
                 notes.push(format!(
                     "test device: {flavours} flavours, PAT_WC {}, FAULT_PFN parts {}",
                     if pat {
@@ -654,7 +658,7 @@ impl World {
                     ob.mmap_off = abi::flavour_offset(fl.id, PG);
                     ob.mem = if fl.pat { pat_mem } else { td_mem };
                     ob.part_ok = fl.part.unwrap_or(linear);
-                    ob.dup_ok = !fl.dontcopy;
+                    ob.dup_ok = !fl.dontcopy && !fl.mremap_hook;
                     ob.pfnmap = fl.pfnmap;
                     ob.no_fault = !fl.pfnmap && !fl.rel_fault;
                     ob.rel_fault = fl.rel_fault;

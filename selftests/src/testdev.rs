@@ -2,7 +2,7 @@
 
 //! MREMAP_DUP of each device mapping flavour of the Rust test device
 //! (kernel-rust/mremap_dup_testdev.rs): PTE content and vm_ops open/close
-//! balance, VM_DONTCOPY refused, and x86 PAT tracking of a write-combining
+//! balance, VM_DONTCOPY and vm_ops->mremap refused, and x86 PAT tracking of a write-combining
 //! remap_pfn_range() of non-RAM shared by the duplicate, not taken twice
 //! and not dropped early: `/sys/kernel/debug/x86/pat_memtype_list` has one
 //! entry for both mappings and none after both are unmapped, in either
@@ -31,8 +31,8 @@ use mremap_dup::RemapFlags as F;
 mod abi;
 use abi::{
     flavour_offset, Counts, PatBase, DEV_PATH, DONTCOPY, FAULT_PFN, FAULT_REL, FLAVOURS,
-    IOCTL_TYPE, MAGIC, MIXED, NAME, NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE, PAGES, PAT_WC,
-    REMAP_PFN,
+    IOCTL_TYPE, MAGIC, MIXED, MREMAP_HOOK, NAME, NR_GET_CLOSES, NR_GET_OPENS, NR_GET_PAT_BASE,
+    PAGES, PAT_WC, REMAP_PFN,
 };
 
 const PAT_LIST: &str = "/sys/kernel/debug/x86/pat_memtype_list";
@@ -355,6 +355,32 @@ fn testdev_dontcopy_refused() -> TestResult {
     require_dup()?;
     refused("VM_DONTCOPY device mapping", DONTCOPY, 0, PAGES * page())?;
     Ok(())
+}
+
+/// A mapping whose driver has `vm_ops->mremap` (resctrl's pseudo-locked
+/// region device; the aio ring and the BPF arena are VM_DONTCOPY too) is
+/// refused: its owner can follow a move of the mapping, not a second one.
+/// MREMAP_HOOK is otherwise a REMAP_PFN mapping, which is duplicated whole
+/// (`testdev_remap_pfn_copied`), and its hook accepts moves: a move after
+/// the refused DUP succeeds, and the moved mapping reads the memory.
+fn testdev_mremap_hook_refused() -> TestResult {
+    require_dup()?;
+    let (_fd, orig, res) = refused(
+        "device mapping with vm_ops->mremap",
+        MREMAP_HOOK,
+        0,
+        PAGES * page(),
+    )?;
+    dup_raw(
+        orig.addr,
+        orig.len,
+        orig.len,
+        F::MAYMOVE | F::FIXED,
+        res.addr,
+    )
+    .ctx("mremap() move of the mapping")?;
+    orig.forget();
+    check_magic("moved mapping", res.addr)
 }
 
 /// FAULT_REL's fault handler maps the page at the offset into the VMA, as
@@ -682,6 +708,7 @@ pub const TESTS: &[Test] = crate::tests![
     testdev_pat_untracked_original_first,
     testdev_pat_untracked_duplicate_first,
     testdev_dontcopy_refused,
+    testdev_mremap_hook_refused,
     testdev_subrange_refused,
     testdev_fault_rel_subrange_refused,
     testdev_private_mapping_refused,
