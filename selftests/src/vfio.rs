@@ -20,6 +20,10 @@
 //! file, which reaches a duplicate through the i_mmap tree at its file
 //! offsets; accesses then SIGBUS until memory is enabled again, and fault
 //! back in through vfio-pci's handler with the duplicate's `vm_pgoff`.
+//!
+//! The same BAR is also mapped through its sysfs resource file: a device
+//! mapping of a regular file, without `VM_LINEAR_PGOFF`, duplicated whole
+//! only.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -111,6 +115,18 @@ struct VfioBar {
     config: usize,
 }
 
+/// The ivshmem device's PCI address, from `$MREMAP_DUP_VFIO_BDF`.
+fn ivshmem_bdf() -> Result<String, Failure> {
+    std::env::var(BDF_ENV)
+        .ok()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| {
+            Failure::Fail(format!(
+                "${BDF_ENV} is not set or empty: scripts/guest-test.sh found no ivshmem device (1af4:1110, QEMU's -device ivshmem-plain of boot.sh) to bind to vfio-pci"
+            ))
+        })
+}
+
 fn open_rw(path: &str) -> Result<OwnedFd, Failure> {
     let f = OpenOptions::new()
         .read(true)
@@ -123,14 +139,7 @@ fn open_rw(path: &str) -> Result<OwnedFd, Failure> {
 impl VfioBar {
     /// Opens the device of `$MREMAP_DUP_VFIO_BDF` in no-IOMMU mode.
     fn open() -> Result<Self, Failure> {
-        let bdf = std::env::var(BDF_ENV)
-            .ok()
-            .filter(|b| !b.is_empty())
-            .ok_or_else(|| {
-                Failure::Fail(format!(
-                    "${BDF_ENV} is not set or empty: scripts/guest-test.sh found no ivshmem device (1af4:1110, QEMU's -device ivshmem-plain of boot.sh) to bind to vfio-pci"
-                ))
-            })?;
+        let bdf = ivshmem_bdf()?;
         let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group")).ctx(
             &format!("{bdf}: no IOMMU group (not bound to vfio-pci in no-IOMMU mode?)"),
         )?;
@@ -466,9 +475,93 @@ fn vfio_dup_unmap_leaves_original() -> TestResult {
     Ok(())
 }
 
+/// Pages of the BAR mapped through its sysfs resource file.
+const SYSFS_PAGES: usize = 4;
+
+/// The first [`SYSFS_PAGES`] pages of the BAR mapped through its sysfs
+/// resource file, `/sys/bus/pci/devices/<bdf>/resource2`: a regular (kernfs)
+/// file, whose mapping pci_mmap_resource() makes a device mapping with
+/// io_remap_pfn_range() (`VM_IO | VM_PFNMAP`) and no `VM_LINEAR_PGOFF`.
+/// Filled with the pattern of `seed`.
+fn map_sysfs_resource(seed: u64) -> Result<(OwnedFd, Mapping), Failure> {
+    let path = format!("/sys/bus/pci/devices/{}/resource{BAR}", ivshmem_bdf()?);
+    let fd = open_rw(&path)?;
+    let len = SYSFS_PAGES * page();
+    let m = map(0, len, RW, libc::MAP_SHARED, fd.as_raw_fd(), 0).ctx(&format!("mmap {path}"))?;
+    let flags = vm_flags_at(m.addr);
+    check!(
+        flags.iter().any(|f| f == "io") && flags.iter().any(|f| f == "pf"),
+        "{path}: mapping is not VM_IO | VM_PFNMAP (VmFlags {flags:?})"
+    );
+    fill(m.addr, len, seed);
+    Ok((fd, m))
+}
+
+/// Part of a device mapping of a regular file (a sysfs PCI resource file) is
+/// refused with EINVAL, source and destination unchanged: its driver set the
+/// VMA up as a whole, and nothing says that faults find the memory from the
+/// part's file offset. The whole mapping is duplicated, see
+/// [`pci_sysfs_resource_whole_duplicated`].
+fn pci_sysfs_resource_part_refused() -> TestResult {
+    require_dup()?;
+    let (_fd, orig) = map_sysfs_resource(5)?;
+    let res = reserve(SYSFS_PAGES, true)?;
+    let ranges = [(orig.addr, orig.len, true), (res.addr, res.len, false)];
+    let snap = snapshot(&ranges);
+    for (first, pages) in [(1, 2), (0, SYSFS_PAGES - 1), (1, SYSFS_PAGES - 1)] {
+        let case = format!(
+            "DUP|FIXED of pages {first}..{} of a {SYSFS_PAGES}-page sysfs resource mapping",
+            first + pages
+        );
+        let call = dup_raw(
+            orig.addr + first * page(),
+            pages * page(),
+            pages * page(),
+            F::DUP | F::FIXED,
+            res.addr,
+        );
+        expect_errno(&case, call, nix::errno::Errno::EINVAL)?;
+        check!(
+            snapshot(&ranges) == snap,
+            "{case}: source or destination changed"
+        );
+    }
+    check_view(
+        "the mapping after refused DUPs",
+        orig.addr,
+        0,
+        SYSFS_PAGES,
+        5,
+    )
+}
+
+/// The whole sysfs resource mapping is duplicated below 4 GiB, and shares
+/// the BAR's bytes both ways.
+fn pci_sysfs_resource_whole_duplicated() -> TestResult {
+    require_dup()?;
+    let (_fd, orig) = map_sysfs_resource(6)?;
+    let res = reserve(SYSFS_PAGES, true)?;
+    dup_raw(orig.addr, orig.len, orig.len, F::DUP | F::FIXED, res.addr)
+        .ctx("DUP|FIXED of the whole sysfs resource mapping")?;
+    check_view("whole duplicate", res.addr, 0, SYSFS_PAGES, 6)?;
+    poke(res.addr + page() + 8, 0x5a5a);
+    check!(
+        peek(orig.addr + page() + 8) == 0x5a5a,
+        "write via the duplicate not seen via the sysfs resource mapping"
+    );
+    poke(orig.addr + 16, 0xa5a5);
+    check!(
+        peek(res.addr + 16) == 0xa5a5,
+        "write via the sysfs resource mapping not seen via the duplicate"
+    );
+    Ok(())
+}
+
 /// The tests of this module.
 pub const TESTS: &[Test] = crate::tests![
     vfio_bar_whole_dup_below_4g,
     vfio_bar_parts_stitched_below_4g,
     vfio_dup_unmap_leaves_original,
+    pci_sysfs_resource_part_refused,
+    pci_sysfs_resource_whole_duplicated,
 ];
