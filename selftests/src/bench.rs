@@ -241,41 +241,6 @@ fn ftruncate(fd: &OwnedFd, len: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// `struct drm_qxl_alloc` (include/uapi/drm/qxl_drm.h).
-#[repr(C)]
-struct QxlAlloc {
-    size: u32,
-    handle: u32,
-}
-
-/// `struct drm_qxl_map` (include/uapi/drm/qxl_drm.h).
-#[repr(C)]
-struct QxlMap {
-    offset: u64,
-    handle: u32,
-    pad: u32,
-}
-
-// DRM_IOCTL_BASE 'd', DRM_COMMAND_BASE 0x40, DRM_QXL_ALLOC 0, DRM_QXL_MAP 1.
-nix::ioctl_readwrite!(qxl_alloc_ioctl, b'd', 0x40, QxlAlloc);
-nix::ioctl_readwrite!(qxl_map_ioctl, b'd', 0x41, QxlMap);
-
-/// QXL's VRAM manager from debugfs `qxl_mem_mm`: (total, used) bytes.
-fn qxl_vram() -> Option<(usize, usize)> {
-    for e in std::fs::read_dir("/sys/kernel/debug/dri").ok()?.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path().join("qxl_mem_mm")) else {
-            continue;
-        };
-        let line = text.lines().find(|l| l.starts_with("total:"))?;
-        let n: Vec<usize> = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        return Some((n.first()? * page(), n.get(1)? * page()));
-    }
-    None
-}
-
 /// The memory kinds, by name.
 #[derive(Clone)]
 enum Kind {
@@ -357,31 +322,19 @@ impl Kind {
             }
             Kind::QxlVram => {
                 let card = card::open_card("qxl")?;
-                let (total, used) = qxl_vram().ok_or("no qxl_mem_mm in debugfs")?;
-                let mut alloc = QxlAlloc {
-                    size: len as u32,
-                    handle: 0,
-                };
-                // SAFETY: DRM_IOCTL_QXL_ALLOC reads and writes a drm_qxl_alloc.
-                if len > total || unsafe { qxl_alloc_ioctl(card.as_raw_fd(), &mut alloc) }.is_err()
-                {
+                let (total, used) = card::qxl_vram_pages()?;
+                let bo = (len <= total * page())
+                    .then(|| card::qxl_alloc_vram(&card, len).ok())
+                    .flatten();
+                let Some((handle, offset)) = bo else {
                     return Err(format!(
                         "QXL VRAM too small: {} KiB, {} KiB in use",
-                        total >> 10,
-                        used >> 10
+                        (total * page()) >> 10,
+                        (used * page()) >> 10
                     ));
-                }
-                let mut map = QxlMap {
-                    offset: 0,
-                    handle: alloc.handle,
-                    pad: 0,
                 };
-                // SAFETY: DRM_IOCTL_QXL_MAP reads and writes a drm_qxl_map.
-                unsafe { qxl_map_ioctl(card.as_raw_fd(), &mut map) }
-                    .map_err(|e| format!("QXL_MAP: {e}"))?;
-                let handle = alloc.handle;
                 let keep = card.try_clone().map_err(|e| e.to_string())?;
-                let mut o = Object::new(Some((card, map.offset)), len)?;
+                let mut o = Object::new(Some((card, offset)), len)?;
                 o.cleanup = Some(Box::new(move || {
                     let _ = drm_ffi::gem::close(keep.as_fd(), handle);
                 }));

@@ -10,10 +10,7 @@
 //! always brings all four up.
 //!
 //! QXL dumb buffers live in TTM's system domain; VRAM (a PCI BAR, as on
-//! amdgpu or nouveau) takes QXL's own ioctls, `DRM_IOCTL_QXL_ALLOC` (always
-//! the VRAM domain) and `DRM_IOCTL_QXL_MAP`, which `drm-ffi` does not carry:
-//! they are declared here from `include/uapi/drm/qxl_drm.h` with nix's ioctl
-//! macros. The VRAM test overcommits VRAM so that TTM must evict the
+//! amdgpu or nouveau) takes QXL's own ioctls (`card.rs`). The VRAM test overcommits VRAM so that TTM must evict the
 //! duplicated BO, and checks that both mappings were zapped and refault to
 //! the BO's new place with its contents.
 
@@ -85,75 +82,17 @@ fn shmem_kb() -> usize {
 
 /// How many buffer objects QXL lists in debugfs.
 fn qxl_buffers() -> Option<usize> {
-    let dir = std::fs::read_dir("/sys/kernel/debug/dri").ok()?;
-    for e in dir.flatten() {
-        if let Ok(text) = std::fs::read_to_string(e.path().join("qxl_buffers")) {
-            return Some(text.lines().filter(|l| l.contains("size")).count());
-        }
-    }
-    None
+    crate::card::qxl_buffers()
 }
-
-/// `struct drm_qxl_alloc` (include/uapi/drm/qxl_drm.h).
-#[repr(C)]
-struct QxlAlloc {
-    size: u32,
-    handle: u32,
-}
-
-/// `struct drm_qxl_map` (include/uapi/drm/qxl_drm.h).
-#[repr(C)]
-struct QxlMap {
-    offset: u64,
-    handle: u32,
-    pad: u32,
-}
-
-// DRM_IOCTL_BASE 'd', DRM_COMMAND_BASE 0x40, DRM_QXL_ALLOC 0, DRM_QXL_MAP 1.
-nix::ioctl_readwrite!(qxl_alloc_ioctl, b'd', 0x40, QxlAlloc);
-nix::ioctl_readwrite!(qxl_map_ioctl, b'd', 0x41, QxlMap);
 
 /// A QXL BO in the VRAM domain: (handle, mmap offset).
 fn qxl_alloc_vram(fd: &OwnedFd, size: usize) -> Result<(u32, u64), Failure> {
-    let mut alloc = QxlAlloc {
-        size: size as u32,
-        handle: 0,
-    };
-    // SAFETY: DRM_IOCTL_QXL_ALLOC reads and writes a struct drm_qxl_alloc.
-    unsafe { qxl_alloc_ioctl(fd.as_raw_fd(), &mut alloc) }
-        .ctx(&format!("DRM_IOCTL_QXL_ALLOC of {size} bytes of VRAM"))?;
-    let mut map = QxlMap {
-        offset: 0,
-        handle: alloc.handle,
-        pad: 0,
-    };
-    // SAFETY: DRM_IOCTL_QXL_MAP reads and writes a struct drm_qxl_map.
-    unsafe { qxl_map_ioctl(fd.as_raw_fd(), &mut map) }.ctx("DRM_IOCTL_QXL_MAP")?;
-    Ok((alloc.handle, map.offset))
+    crate::card::qxl_alloc_vram(fd, size).map_err(Failure::Fail)
 }
 
 /// QXL's VRAM manager, from debugfs `qxl_mem_mm`: (total, used) in pages.
 fn qxl_vram_pages() -> Result<(usize, usize), Failure> {
-    let dir = std::fs::read_dir("/sys/kernel/debug/dri").ctx("/sys/kernel/debug/dri")?;
-    for e in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path().join("qxl_mem_mm")) else {
-            continue;
-        };
-        // drm_mm_print(): "total: T, used U free F"
-        let line = text.lines().find(|l| l.starts_with("total:"));
-        let nums: Vec<usize> = line
-            .unwrap_or_default()
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        if let [total, used, _free] = nums[..] {
-            return Ok((total, used));
-        }
-        return Err(Failure::Fail(format!("qxl_mem_mm: no totals in {text:?}")));
-    }
-    Err(Failure::Fail(
-        "no qxl_mem_mm in /sys/kernel/debug/dri".into(),
-    ))
+    crate::card::qxl_vram_pages().map_err(Failure::Fail)
 }
 
 /// A QXL VRAM BO, duplicated below 4 GiB, evicted by overcommitting VRAM:
