@@ -44,6 +44,8 @@
 //! - DUP of a vgem buffer's mapping racing GEM_CLOSE of its handle, close()
 //!   of the card and munmap() of the original: the duplicate keeps the
 //!   buffer, which is freed with it (see `race_vgem`).
+//! - DUP of a QXL VRAM buffer's mapping racing TTM's eviction of the buffer
+//!   (see `race_qxl_eviction`).
 //!
 //!   Each race runs in a child process and ends by checking that it left no
 //!   fd and no mapping behind (the madvise race aside).
@@ -1928,6 +1930,221 @@ fn race_vgem(seconds: u64, seed: u64) -> Result<String, String> {
     ))
 }
 
+/// What the QXL eviction race's threads share.
+struct Qxl {
+    ctl: Control,
+    card: OwnedFd,
+    /// Pages of each BO: more than half of VRAM, so that a second BO
+    /// evicts the first.
+    pages: usize,
+    /// Whether the evictor runs this round (false ends it).
+    go: AtomicBool,
+    /// Start and end of a round, for both threads.
+    barrier: std::sync::Barrier,
+    /// Times of the race, from here.
+    epoch: Instant,
+    /// When the evictor's allocation started and ended this round, which
+    /// evicts the main thread's BO (ns from `epoch`).
+    alloc_start: AtomicU64,
+    alloc_end: AtomicU64,
+    /// The evictor's BO of the round (handle, address), filled with
+    /// [`QXL_OTHER`]; the main thread unmaps and closes it.
+    other: Mutex<Option<(u32, usize)>>,
+}
+
+/// The pattern the evictor writes into its BO, which takes the VRAM the
+/// duplicated BO had: a stale entry to that VRAM reads it.
+const QXL_OTHER: u64 = 0x0e71c7ed;
+
+/// Maps `pages` pages of the QXL BO at `off` on `card`, shared, where the
+/// kernel picks.
+fn qxl_map(card: &OwnedFd, pages: usize, off: u64) -> Result<usize, String> {
+    mmap(
+        0,
+        pages * page(),
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+        card.as_raw_fd(),
+        off as usize,
+    )
+    .map_err(|e| format!("mmap of a QXL VRAM BO: {}", errname(e)))
+}
+
+fn ns_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Each round: a BO more than half of VRAM's size, allocated (and so
+/// evicting) while the main thread DUPs the other BO's mapping.
+fn qxl_evictor(q: &Qxl) {
+    loop {
+        q.barrier.wait();
+        if !q.go.load(Ordering::SeqCst) {
+            break;
+        }
+        q.alloc_start.store(ns_since(q.epoch), Ordering::SeqCst);
+        let bo = card::qxl_alloc_vram(&q.card, q.pages * page());
+        q.alloc_end.store(ns_since(q.epoch), Ordering::SeqCst);
+        match bo.and_then(|(h, off)| {
+            let addr = qxl_map(&q.card, q.pages, off);
+            if addr.is_err() {
+                let _ = drm_ffi::gem::close(q.card.as_fd(), h);
+            }
+            Ok((h, addr?))
+        }) {
+            Ok((h, addr)) => {
+                fill(addr, 0..q.pages, QXL_OTHER);
+                *q.other.lock().unwrap() = Some((h, addr));
+            }
+            Err(e) => q.ctl.fail(format!("the evicting BO: {e}")),
+        }
+        q.barrier.wait();
+    }
+}
+
+/// DUP of a QXL VRAM BO's whole mapping (VM_PFNMAP | VM_IO over the PCI BAR,
+/// every page present) racing TTM's eviction of the BO, which another
+/// thread's allocation of a second BO more than half of VRAM's size forces:
+/// TTM moves the BO to system memory and zaps its mappings through the
+/// file's i_mmap tree (ttm_bo_unmap_virtual()), the duplicate's included
+/// once copy_vma() linked it, while MREMAP_DUP copies the original's
+/// entries. The second BO takes the VRAM and is filled with another
+/// pattern. A fresh BO each round. Each duplicate must read the BO's own
+/// contents on every page (an entry copied to the VRAM after the zap would
+/// read the other BO's pattern) and share writes with the original.
+/// Afterwards QXL lists as many buffer objects as before (debugfs
+/// `qxl_buffers`), and no fd or mapping of the process is left.
+fn race_qxl_eviction(seconds: u64, seed: u64) -> Result<String, String> {
+    mount_debugfs();
+    let leftovers = Leftovers::read()?;
+    let card = match card::open_card("qxl") {
+        Ok(c) => c,
+        Err(e) => return Ok(format!("SKIP {e} (CONFIG_DRM_QXL)")),
+    };
+    let (total, _) = card::qxl_vram_pages()?;
+    let bos0 = card::qxl_buffers();
+    let q = Qxl {
+        ctl: Control::new(),
+        card,
+        pages: total / 2 + 1,
+        go: AtomicBool::new(true),
+        barrier: std::sync::Barrier::new(2),
+        epoch: Instant::now(),
+        alloc_start: AtomicU64::new(0),
+        alloc_end: AtomicU64::new(0),
+        other: Mutex::new(None),
+    };
+    let (pages, len) = (q.pages, q.pages * page());
+    let mut rng = Rng::new(seed);
+    // Rounds whose DUP ended before the evicting allocation started, began
+    // after it ended, or ran while it did; the last allocation's duration,
+    // over which the DUP's start is spread.
+    let (mut rounds, mut before, mut after, mut during) = (0u64, 0u64, 0u64, 0u64);
+    let mut alloc_ns = 1_000_000u64;
+    std::thread::scope(|s| {
+        let evictor = s.spawn(|| qxl_evictor(&q));
+        let start = Instant::now();
+        while q.ctl.running() && start.elapsed() < Duration::from_secs(seconds) {
+            let pattern = seed ^ (rounds << 24);
+            let bo = card::qxl_alloc_vram(&q.card, len).and_then(|(h, off)| {
+                match qxl_map(&q.card, pages, off) {
+                    Ok(a) => Ok((h, a)),
+                    Err(e) => {
+                        let _ = drm_ffi::gem::close(q.card.as_fd(), h);
+                        Err(e)
+                    }
+                }
+            });
+            let (handle, orig) = match bo {
+                Ok(b) => b,
+                Err(e) => {
+                    q.ctl.fail(format!("the duplicated BO: {e}"));
+                    break;
+                }
+            };
+            fill(orig, 0..pages, pattern);
+            let at = ns_since(q.epoch) + rng.below(alloc_ns as usize + 1) as u64;
+            q.barrier.wait();
+            while ns_since(q.epoch) < at {
+                std::hint::spin_loop();
+            }
+            let dup_start = ns_since(q.epoch);
+            let res = dup(orig, len, None);
+            let dup_end = ns_since(q.epoch);
+            q.barrier.wait();
+            rounds += 1;
+            let (a0, a1) = (
+                q.alloc_start.load(Ordering::SeqCst),
+                q.alloc_end.load(Ordering::SeqCst),
+            );
+            alloc_ns = a1.saturating_sub(a0).max(1);
+            if dup_end < a0 {
+                before += 1;
+            } else if dup_start > a1 {
+                after += 1;
+            } else {
+                during += 1;
+            }
+            let bad = match res {
+                Ok(d) => {
+                    let bad = mismatch(d, 0..pages, pattern)
+                        .map(|p| format!("page {p} of the duplicate does not hold the BO's contents after its eviction"))
+                        .or_else(|| {
+                            mismatch(orig, 0..pages, pattern).map(|p| {
+                                format!("page {p} of the original does not hold the BO's contents after its eviction")
+                            })
+                        })
+                        .or_else(|| {
+                            fill(d, 0..pages, pattern + 1);
+                            mismatch(orig, 0..pages, pattern + 1).map(|p| {
+                                format!("page {p}: a write through the duplicate is not seen through the original")
+                            })
+                        });
+                    munmap(d, len);
+                    bad
+                }
+                Err(e) => Some(format!("DUP of the BO's mapping: {}", errname(e))),
+            };
+            munmap(orig, len);
+            let _ = drm_ffi::gem::close(q.card.as_fd(), handle);
+            if let Some((h, a)) = q.other.lock().unwrap().take() {
+                munmap(a, len);
+                let _ = drm_ffi::gem::close(q.card.as_fd(), h);
+            }
+            if let Some(m) = bad {
+                q.ctl.fail(m);
+            }
+        }
+        q.go.store(false, Ordering::SeqCst);
+        q.barrier.wait();
+        if evictor.join().is_err() {
+            q.ctl.fail("the evictor thread panicked".into());
+        }
+    });
+    let stats = format!(
+        "{rounds} rounds of {len} bytes ({total} pages of VRAM): DUP before the evicting allocation {before}, during it {during}, after it {after}"
+    );
+    if let Some(e) = q.ctl.error() {
+        return Err(format!("{e} (seed {seed}; {stats})"));
+    }
+    if rounds == 0 {
+        return Err(format!("no round ran: {stats}"));
+    }
+    // The race's BOs evict other clients' BOs (fbdev's) for good, so VRAM
+    // use may go down; its BOs are counted instead.
+    let bos = card::qxl_buffers();
+    if bos != bos0 {
+        return Err(format!(
+            "QXL buffer objects {bos0:?} -> {bos:?} after the race ({stats})"
+        ));
+    }
+    drop(q);
+    leftovers.check()?;
+    Ok(format!(
+        "{stats} in {seconds} s; QXL buffer objects back to {bos0:?} (seed {seed})"
+    ))
+}
+
 /// Runs `f` in a child process in its own process group, killed after
 /// `limit`: a test that crashes or hangs fails alone.
 fn in_child(limit: Duration, f: impl FnOnce() -> Result<String, String>) -> Result<String, String> {
@@ -2069,6 +2286,10 @@ fn main() {
     tests.push((
         "race_dup_vgem_handle_close",
         Box::new(move || race_vgem(seconds, seed)),
+    ));
+    tests.push((
+        "race_dup_qxl_vram_eviction",
+        Box::new(move || race_qxl_eviction(seconds, seed)),
     ));
     let keep = |name: &str| only.is_none() || only.is_some_and(|w| name.contains(w.as_str()));
     let injection = tests[..injection].iter().filter(|t| keep(t.0)).count();
