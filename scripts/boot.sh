@@ -54,7 +54,7 @@ qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl${BOOT_QXL_OP
 kernel_args='no5lvl memmap=1M$0x60000000 log_buf_len=16M'
 # kmemleak (built in, off by default: ci/kernel.config.fragment) for a test
 # run: guest-test.sh clears it when the tests start and scans at the end.
-[ "$mode" = test ] && kernel_args+=' kmemleak=on'
+case $mode in test | soak) kernel_args+=' kmemleak=on' ;; esac
 pidfile=$results.qemu.pid
 
 boot_once() {

@@ -11,6 +11,7 @@
 # MODE: test (default) runs everything; demo runs the README demo only;
 # bench runs the benchmark, bench-fork the fork one, bench-lockhold the
 # lock hold-time one (scripts/bench.sh);
+# soak (scripts/soak.sh) runs the random-operation model alone, long;
 # failfast (scripts/mutants.sh) runs what test runs, the quickest-to-fail
 # first (the C kselftest, the KUnit suites, the Rust selftests, then the
 # rest), and stops at the first program or suite that fails or leaves a
@@ -220,7 +221,29 @@ model() {
 	run_prog model model.ktap "$bin/mremap-dup-model" --seed "$model_seed" --seconds 15
 }
 
-if [ "$mode" = failfast ]; then
+# An object is reported once two scans found it unreferenced (the first one
+# records its checksum); kmemleak.txt is what they found.
+scan_kmemleak() {
+	if [ -w $kmemleak ]; then
+		echo scan >$kmemleak && echo scan >$kmemleak &&
+			cat $kmemleak >"$results/kmemleak.txt" ||
+			echo "kmemleak: scan failed" >"$results/kmemleak.txt"
+	elif grep -qw kmemleak=on /proc/cmdline; then
+		echo "kmemleak: on the command line, but no $kmemleak (disabled itself? see dmesg)" >"$results/kmemleak.txt"
+	fi
+}
+
+if [ "$mode" = soak ]; then
+	# scripts/soak.sh: the model alone, with SOAK_ARGS of RESULTS.env (seed,
+	# operations, seconds), then the kmemleak scan. The Rust KUnit suite
+	# ran at insmod above.
+	SOAK_ARGS=()
+	# shellcheck disable=SC1091
+	[ -f "$results.env" ] && . "$results.env"
+	run_prog model model.ktap "$bin/mremap-dup-model" "${SOAK_ARGS[@]}"
+	collect_kunit
+	scan_kmemleak
+elif [ "$mode" = failfast ]; then
 	# The Rust KUnit suite ran at insmod above.
 	for step in collect_kunit kselftest "load_c_kunit; collect_kunit" selftests helper helper_c stress model; do
 		eval "$step"
@@ -236,15 +259,7 @@ else
 	model
 	load_c_kunit
 	collect_kunit
-	# An object is reported once two scans found it unreferenced (the
-	# first one records its checksum); kmemleak.txt is what they found.
-	if [ -w $kmemleak ]; then
-		echo scan >$kmemleak && echo scan >$kmemleak &&
-			cat $kmemleak >"$results/kmemleak.txt" ||
-			echo "kmemleak: scan failed" >"$results/kmemleak.txt"
-	elif grep -qw kmemleak=on /proc/cmdline; then
-		echo "kmemleak: on the command line, but no $kmemleak (disabled itself? see dmesg)" >"$results/kmemleak.txt"
-	fi
+	scan_kmemleak
 fi
 
 dmesg >"$results/dmesg.txt"

@@ -327,6 +327,12 @@ def main():
     ap.add_argument("--expect-kunit", action="append", default=[], help="SUITE:CASES that must have run")
     ap.add_argument("--selftests", type=int, default=1, help="0: no selftest KTAP expected")
     ap.add_argument(
+        "--program",
+        action="append",
+        default=[],
+        help="expect only these test programs (scripts/soak.sh: model)",
+    )
+    ap.add_argument(
         "--kernel-without-dup",
         action="store_true",
         help=f"the kernel lacks MREMAP_DUP: a skip '{NO_DUP}' is a skip, not a failure",
@@ -350,6 +356,8 @@ def main():
     statuses = exit_statuses(read("exit.txt"))
     for name, ktap, totals in PROGRAMS:
         if name == "selftests" and not args.selftests:
+            continue
+        if args.program and name not in args.program:
             continue
         text = read(ktap)
         if text is None:
