@@ -48,10 +48,14 @@ qemu_opts="-device virtio-gpu-pci -device bochs-display -device qxl${BOOT_QXL_OP
 # the test device's PAT_WC flavour: x86 PAT tracks remap_pfn_range() of
 # memory that is not RAM (guest-test.sh passes the address to the module).
 #
+# memmap=16M%0x70000000-1+0xefffffff turns 16 MiB of the guest's RAM into
+# "soft reserved" memory (e820 type 0xefffffff), which device-dax's hmem
+# driver offers as /dev/dax0.0 (2 MiB pages: the selftests devdax_*).
+#
 # log_buf_len=16M: the whole kernel log of a run stays in the ring buffer
 # (the default 256 KiB would lose the boot, and with it the marker
 # parse-results.py splits the log at, after a few splats).
-kernel_args='no5lvl memmap=1M$0x60000000 log_buf_len=16M'
+kernel_args='no5lvl memmap=1M$0x60000000 memmap=16M%0x70000000-1+0xefffffff log_buf_len=16M'
 # kmemleak (built in, off by default: ci/kernel.config.fragment) for a test
 # run: guest-test.sh clears it when the tests start and scans at the end.
 case $mode in test | soak) kernel_args+=' kmemleak=on' ;; esac

@@ -27,9 +27,9 @@ series_tree=$tree
 # Options the .config must have (a fragment line Kconfig silently dropped).
 required="CONFIG_RUST=y CONFIG_KUNIT=y CONFIG_KASAN=y CONFIG_PROVE_LOCKING=y
 	CONFIG_DEBUG_VM=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_USERFAULTFD=y
-	CONFIG_MEM_SOFT_DIRTY=y"
+	CONFIG_MEM_SOFT_DIRTY=y CONFIG_DEV_DAX_HMEM=y"
 # Options it must not have.
-forbidden=""
+forbidden="CONFIG_DEV_DAX_KMEM=y"
 if [ "$flavour" = bench ]; then
 	fragment=$REPO/ci/bench.config.fragment
 	series_tree=$TREE_PATCHED

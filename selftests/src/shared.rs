@@ -14,6 +14,9 @@ use crate::{check, fail};
 use mremap_dup::{dup, Placement, RemapFlags as F};
 
 /// DUP with MREMAP_FIXED of `m` (whole) into `dst`; the duplicate's address.
+/// The huge page size of hugetlb and device-dax on x86-64.
+const HUGE: usize = 2 << 20;
+
 fn dup_fixed(src: usize, len: usize, dst: usize) -> Result<usize, Errno> {
     dup_raw(src, len, len, F::DUP | F::FIXED, dst)
 }
@@ -592,7 +595,6 @@ fn max_map_count_exact() -> TestResult {
 
 fn hugetlb_memfd() -> TestResult {
     require_dup()?;
-    const HUGE: usize = 2 << 20;
     let free = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -646,6 +648,79 @@ fn hugetlb_memfd() -> TestResult {
         1,
         2,
         HUGE / page(),
+    )
+}
+
+/// The device-dax device that boot.sh's soft-reserved range gives the guest
+/// (device-dax's hmem driver, 2 MiB pages), mapped whole: two huge pages.
+fn devdax_map() -> Result<(std::fs::File, Mapping), Failure> {
+    const PATH: &str = "/dev/dax0.0";
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(PATH)
+        .map_err(|e| {
+            Failure::Fail(format!(
+                "open {PATH}: {e} (the guest needs CONFIG_DEV_DAX_HMEM and boot.sh's memmap=...%...-1+0xefffffff)"
+            ))
+        })?;
+    let m = map(0, 2 * HUGE, RW, libc::MAP_SHARED, f.as_raw_fd(), 0).ctx("mmap /dev/dax0.0")?;
+    check!(
+        smaps_at(m.addr).contains("KernelPageSize:     2048 kB"),
+        "/dev/dax0.0 mapping has no 2 MiB pages:\n{}",
+        smaps_at(m.addr)
+    );
+    Ok((f, m))
+}
+
+/// The first 2 MiB-aligned address inside the reservation `big`.
+fn huge_aligned(big: &Mapping) -> usize {
+    (big.addr + HUGE - 1) & !(HUGE - 1)
+}
+
+/// A device-dax mapping (2 MiB pages, not hugetlb) is duplicated whole at a
+/// 2 MiB-aligned address below 4 GiB, and the two share writes both ways.
+fn devdax_duplicated_huge_aligned() -> TestResult {
+    require_dup()?;
+    let (_f, src) = devdax_map()?;
+    let big = reserve(3 * HUGE / page(), true)?;
+    let got = dup_fixed(src.addr, src.len, huge_aligned(&big)).ctx("device-dax DUP")?;
+    shares("device-dax", src.addr, got, src.len / page())?;
+    check!(
+        smaps_at(got).contains("KernelPageSize:     2048 kB"),
+        "the device-dax duplicate has no 2 MiB pages"
+    );
+    Ok(())
+}
+
+/// A device-dax duplicate at an address that is page- but not 2 MiB-aligned
+/// gives EINVAL, source and destination unchanged. device-dax's
+/// get_unmapped_area() accepts any MAP_FIXED address (unlike hugetlbfs'), so
+/// only MREMAP_DUP's own check of the VMA's page size refuses it: a duplicate
+/// made there would SIGBUS on every fault (device-dax's check_vma()).
+fn devdax_unaligned_address_refused() -> TestResult {
+    require_dup()?;
+    let (_f, src) = devdax_map()?;
+    fill(src.addr, src.len / page(), 3);
+    // Room for the aligned address's round-up and the largest offset.
+    let big = reserve(4 * HUGE / page(), true)?;
+    let dst = huge_aligned(&big);
+    let ranges = [(src.addr, src.len, true), (dst, src.len + HUGE / 2, false)];
+    let before = snapshot(&ranges);
+    for off in [page(), HUGE / 2] {
+        expect_errno(
+            &format!("device-dax DUP to a 2 MiB-aligned address + {off:#x}"),
+            dup_fixed(src.addr, src.len, dst + off),
+            Errno::EINVAL,
+        )?;
+    }
+    check!(snapshot(&ranges) == before, "source or destination changed");
+    verify(
+        "device-dax mapping after refused DUPs",
+        src.addr,
+        src.len / page(),
+        3,
+        0,
     )
 }
 
@@ -1444,6 +1519,8 @@ pub const TESTS: &[Test] = crate::tests![
     rlimit_as_counts_only_new_pages,
     max_map_count_exact,
     hugetlb_memfd,
+    devdax_duplicated_huge_aligned,
+    devdax_unaligned_address_refused,
     einval_resize,
     einval_with_dontunmap,
     einval_unknown_flag_still_refused,
