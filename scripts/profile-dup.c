@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 // profile-dup.c: time MREMAP_DUP|FIXED of a LEN-byte memfd mapping with no
 // present entries against mmap(fd, MAP_FIXED) over the same reservation
-// (200 rounds each); with a second argument, the last round runs with
-// /sys/kernel/tracing/tracing_on set (scripts/profile-dup.sh).
+// (200 rounds each); with a second argument "trace", the last round runs
+// with /sys/kernel/tracing/tracing_on set; with "dup N" or "mmap N", only
+// that call and the mmap() that puts the reservation back, N times, for a
+// sampling profiler (scripts/profile-dup.sh --perf).
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -38,7 +40,8 @@ static void tr(const char *v)
 int main(int argc, char **argv)
 {
 	size_t len = argc > 1 ? strtoul(argv[1], NULL, 0) : 4096;
-	int trace = argc > 2;
+	const char *mode = argc > 2 ? argv[2] : "";
+	int trace = !strcmp(mode, "trace");
 	int fd = memfd_create("prof", 0);
 	char *src, *res, *p;
 	long t0, tdup = 0, tmap = 0;
@@ -47,6 +50,28 @@ int main(int argc, char **argv)
 	ftruncate(fd, len);
 	src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	res = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (!strcmp(mode, "dup") || !strcmp(mode, "mmap")) {
+		int dup = !strcmp(mode, "dup");
+
+		n = argc > 3 ? atoi(argv[3]) : 10000;
+		t0 = ns();
+		for (i = 0; i < n; i++) {
+			if (dup)
+				p = (char *)syscall(SYS_mremap, src, len, len,
+						    MREMAP_DUP | MREMAP_FIXED, res);
+			else
+				p = mmap(res, len, PROT_READ | PROT_WRITE,
+					 MAP_SHARED | MAP_FIXED, fd, 0);
+			if (p != res) {
+				perror(mode);
+				return 1;
+			}
+			mmap(res, len, PROT_NONE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+		}
+		printf("len %zu: %d x (%s + mmap back): %ld ns each\n", len, n, mode, (ns() - t0) / n);
+		return 0;
+	}
 	for (i = 0; i < n + 1; i++) {
 		int last = trace && i == n;
 

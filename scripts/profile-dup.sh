@@ -7,16 +7,44 @@
 # tracer), timed untraced at 4 KiB and 1 GiB, then one call of each traced
 # with function_graph (max depth 5) for __x64_sys_mremap and __x64_sys_mmap.
 # Writes times.txt, trace-4k.txt, trace-1g.txt to $CACHE/results/profile-dup.
+#
+# --perf: instead of the function_graph traces (whose per-call overhead
+# inflates deep call chains), sample with perf (cpu-clock, call graphs) a
+# loop of 20000 DUPs at 4 KiB, and one of 20000 MAP_FIXED mmap()s, each
+# followed by the mmap() that puts the reservation back; writes
+# perf-dup.txt and perf-mmap.txt (per kernel function: self time, and time
+# with callees).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+perf=0
+if [ "${1:-}" = --perf ]; then
+	perf=1
+	shift
+fi
 flavour=${1:-bench}
 tree=$(tree_for "$flavour")
 out=$CACHE/results/profile-dup
 rm -rf "$out"
 mkdir -p "$out"
 gcc -O2 -Wall -Wno-unused-result -o "$out/profile-dup" "$REPO/scripts/profile-dup.c"
-cat >"$out/guest.sh" <<GUEST
+if [ $perf = 1 ]; then
+	cat >"$out/guest.sh" <<GUEST
+set -e
+echo 0 >/proc/sys/kernel/kptr_restrict
+echo -1 >/proc/sys/kernel/perf_event_paranoid
+for m in dup mmap; do
+	perf record -q -e cpu-clock -F 4000 -g -o /tmp/perf-\$m.data $out/profile-dup 4096 \$m 20000 >>$out/times.txt
+	{
+		echo "## self time"
+		perf report -i /tmp/perf-\$m.data --stdio --no-children --sort sym --percent-limit 0.5 -g none
+		echo "## with callees"
+		perf report -i /tmp/perf-\$m.data --stdio --children --sort sym --percent-limit 1 -g none
+	} >$out/perf-\$m.txt 2>&1
+done
+GUEST
+else
+	cat >"$out/guest.sh" <<GUEST
 set -e
 cd /sys/kernel/tracing
 for s in 4096 1073741824; do $out/profile-dup \$s; done >$out/times.txt
@@ -31,7 +59,12 @@ for s in 4096 1073741824; do
 	cat trace >$out/trace-\$s.txt
 done
 GUEST
+fi
 vng --run "$tree/out/arch/x86/boot/bzImage" --disable-kvm --memory 2G --cpus 2 \
 	--rwdir="$out" --append no5lvl --exec "bash $out/guest.sh" 2>&1 | tail -3
 cat "$out/times.txt"
-log "traces: $out/trace-4096.txt $out/trace-1073741824.txt"
+if [ $perf = 1 ]; then
+	log "profiles: $out/perf-dup.txt $out/perf-mmap.txt"
+else
+	log "traces: $out/trace-4096.txt $out/trace-1073741824.txt"
+fi
