@@ -46,6 +46,9 @@
 //!   buffer, which is freed with it (see `race_vgem`).
 //! - DUP of a QXL VRAM buffer's mapping racing TTM's eviction of the buffer
 //!   (see `race_qxl_eviction`).
+//! - DUP of an ext4 file's mapping, next to a neighbour it merges with,
+//!   racing the file's writeback: what is written through the duplicate
+//!   reaches the disk (see `race_writeback`).
 //!
 //!   Each race runs in a child process and ends by checking that it left no
 //!   fd and no mapping behind (the madvise race aside).
@@ -55,7 +58,7 @@ mod card;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -2145,6 +2148,251 @@ fn race_qxl_eviction(seconds: u64, seed: u64) -> Result<String, String> {
     ))
 }
 
+/// The writeback race's source, in pages: one PTE table's worth, mapped at
+/// file offset 1 (page 0 is the neighbour's).
+const WB_PAGES: usize = 512;
+/// Mappings of the source's file range made before the source, which an rmap
+/// walk visits between the merged duplicate and the source.
+const WB_FILLERS: usize = 64;
+
+/// Runs a command of the guest's userland; an error if it fails.
+fn run_cmd(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {args:?}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// An ext4 file system on a loop device, unmounted and removed on drop.
+struct Ext4 {
+    dir: String,
+    img: String,
+}
+
+impl Ext4 {
+    fn mount() -> Result<Ext4, String> {
+        let dir = format!("/tmp/mremap-dup-stress-ext4-{}", std::process::id());
+        let img = format!("{dir}.img");
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+        let f = File::create(&img).map_err(|e| format!("{img}: {e}"))?;
+        f.set_len(32 << 20).map_err(|e| format!("{img}: {e}"))?;
+        drop(f);
+        let e = Ext4 { dir, img };
+        run_cmd("mkfs.ext4", &["-q", "-F", &e.img])?;
+        run_cmd("mount", &["-o", "loop", &e.img, &e.dir])?;
+        Ok(e)
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = run_cmd("umount", &[&self.dir]);
+        let _ = fs::remove_file(&self.img);
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// DUP of an ext4 file's mapping racing its writeback, with a duplicate
+/// that merges with a neighbour mapping of the file's previous page: the
+/// merged VMA starts at a lower file offset than the source, so rmap walks
+/// (the file's i_mmap tree, in file offset order) visit it before the
+/// source, and `WB_FILLERS` other mappings of the range in between. The
+/// writeback (fsync() in another thread) write-protects and cleans each
+/// dirty folio's entries through such a walk (folio_mkclean()) before it
+/// writes the folio out. MREMAP_DUP copies the source's entries under the
+/// file's i_mmap_rwsem: a walk then sees the duplicate's copied entry, or
+/// the copy sees the entry the walk cleaned. Without that lock, a walk that
+/// visited the duplicate before the copy and the source after it leaves the
+/// duplicate a writable entry of a clean folio, and what is written through
+/// it never reaches the file.
+///
+/// Each round: every page of the source is written (dirty), the writeback
+/// starts, the DUP|FIXED next to the neighbour starts at a random point of
+/// the last writeback's duration; then a new word is written through the
+/// duplicate into every page, fsync(), and the file is read with O_DIRECT
+/// (from the disk, not the page cache): every page must hold that word.
+fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
+    let leftovers = Leftovers::read()?;
+    let (p, len) = (page(), WB_PAGES * page());
+    let fs = match Ext4::mount() {
+        Ok(fs) => fs,
+        Err(e) => return Ok(format!("SKIP no ext4 on a loop device: {e}")),
+    };
+    let path = format!("{}/file", fs.dir);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    file.set_len((p + len) as u64)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let direct = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(|e| format!("{path} (O_DIRECT): {e}"))?;
+    let fd = file.as_raw_fd();
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let shared = |addr: usize, len: usize, off: usize, flags: i32| {
+        mmap(addr, len, rw, libc::MAP_SHARED | flags, fd, off)
+            .map_err(|e| format!("mmap {path}: {}", errname(e)))
+    };
+    let mut fillers = Vec::new();
+    for _ in 0..WB_FILLERS {
+        fillers.push(shared(0, len, p, 0)?);
+    }
+    // Made after the fillers: among mappings of the same offset, the i_mmap
+    // tree keeps the order of insertion, so walks visit the source last.
+    let src = shared(0, len, p, 0)?;
+    // The neighbour's page, then the destination, in one reservation.
+    let arena = reserve_at(0, p + len, libc::PROT_NONE, libc::MAP_32BIT)?;
+    shared(arena, p, 0, libc::MAP_FIXED)?;
+    let dst = arena + p;
+    let buf = reserve_at(0, len, rw, 0)?;
+    let mut rng = Rng::new(seed);
+    let (mut rounds, mut wb_ns) = (0u64, 1_000_000u64);
+    let ctl = Control::new();
+    let barrier = std::sync::Barrier::new(2);
+    let go = AtomicBool::new(true);
+    let (wb_start, wb_end) = (AtomicU64::new(0), AtomicU64::new(0));
+    let epoch = Instant::now();
+    std::thread::scope(|s| {
+        let writeback = s.spawn(|| loop {
+            barrier.wait();
+            if !go.load(Ordering::SeqCst) {
+                break;
+            }
+            wb_start.store(ns_since(epoch), Ordering::SeqCst);
+            // SAFETY: fsync of an open file.
+            if unsafe { libc::fsync(fd) } != 0 {
+                ctl.fail(format!("fsync (writeback thread): {}", errname(errno())));
+            }
+            wb_end.store(ns_since(epoch), Ordering::SeqCst);
+            barrier.wait();
+        });
+        let start = Instant::now();
+        while ctl.running() && start.elapsed() < Duration::from_secs(seconds) {
+            let gen = seed ^ (rounds << 24);
+            fill(src, 0..WB_PAGES, gen);
+            let at = ns_since(epoch) + rng.below(wb_ns as usize + 1) as u64;
+            barrier.wait();
+            while ns_since(epoch) < at {
+                std::hint::spin_loop();
+            }
+            let res = dup(src, len, Some(dst));
+            barrier.wait();
+            rounds += 1;
+            wb_ns = wb_end
+                .load(Ordering::SeqCst)
+                .saturating_sub(wb_start.load(Ordering::SeqCst))
+                .max(1);
+            if let Err(e) = res {
+                ctl.fail(format!("DUP|FIXED next to the neighbour: {}", errname(e)));
+                break;
+            }
+            if let Err(e) = wb_check_round(arena, dst, src, fd, &direct, buf, gen + 1) {
+                ctl.fail(format!("round {rounds}: {e}"));
+            }
+            // Back to the neighbour alone (the merged VMA is cut again).
+            if reserve_at(dst, len, libc::PROT_NONE, libc::MAP_FIXED).is_err() {
+                ctl.fail("mmap over the duplicate failed".into());
+            }
+        }
+        go.store(false, Ordering::SeqCst);
+        barrier.wait();
+        if writeback.join().is_err() {
+            ctl.fail("the writeback thread panicked".into());
+        }
+    });
+    munmap(buf, len);
+    munmap(arena, p + len);
+    munmap(src, len);
+    for f in fillers {
+        munmap(f, len);
+    }
+    drop(direct);
+    drop(file);
+    drop(fs);
+    let stats = format!("{rounds} rounds of {WB_PAGES} pages, last writeback {wb_ns} ns");
+    if let Some(e) = ctl.error() {
+        return Err(format!("{e} (seed {seed}; {stats})"));
+    }
+    if rounds == 0 {
+        return Err(format!("no round ran: {stats}"));
+    }
+    leftovers.check()?;
+    Ok(format!(
+        "{stats}, {WB_FILLERS} fillers, in {seconds} s (seed {seed})"
+    ))
+}
+
+/// After a round's DUP: the duplicate merged with the neighbour and holds
+/// the source's contents; `gen` written through it reaches the disk.
+fn wb_check_round(
+    arena: usize,
+    dst: usize,
+    src: usize,
+    fd: i32,
+    direct: &File,
+    buf: usize,
+    gen: u64,
+) -> Result<(), String> {
+    let len = WB_PAGES * page();
+    let maps = Maps::read(arena, dst + len)?;
+    if maps.inside.len() != 1 || maps.inside[0].start != arena || maps.inside[0].end != dst + len {
+        return Err(format!(
+            "the duplicate did not merge with the neighbour: {:?}",
+            maps.inside
+        ));
+    }
+    if let Some(q) = mismatch(dst, 0..WB_PAGES, gen - 1) {
+        return Err(format!(
+            "page {q} of the duplicate does not hold the source's contents"
+        ));
+    }
+    fill(dst, 0..WB_PAGES, gen);
+    if let Some(q) = mismatch(src, 0..WB_PAGES, gen) {
+        return Err(format!(
+            "page {q}: a write through the duplicate is not seen through the source"
+        ));
+    }
+    // SAFETY: fsync of an open file.
+    if unsafe { libc::fsync(fd) } != 0 {
+        return Err(format!("fsync: {}", errname(errno())));
+    }
+    // SAFETY: buf is this process's writable mapping of len bytes, page
+    // aligned as O_DIRECT needs.
+    let n = unsafe {
+        libc::pread(
+            direct.as_raw_fd(),
+            buf as *mut libc::c_void,
+            len,
+            page() as i64,
+        )
+    };
+    if n != len as isize {
+        return Err(format!("O_DIRECT read: {n} bytes ({})", errname(errno())));
+    }
+    match mismatch(buf, 0..WB_PAGES, gen) {
+        Some(q) => Err(format!(
+            "page {q}: the word written through the duplicate is not in the file after fsync() (read {:#x}): the duplicate kept a writable entry of a folio the writeback had cleaned",
+            peek(buf + q * page())
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs `f` in a child process in its own process group, killed after
 /// `limit`: a test that crashes or hangs fails alone.
 fn in_child(limit: Duration, f: impl FnOnce() -> Result<String, String>) -> Result<String, String> {
@@ -2290,6 +2538,10 @@ fn main() {
     tests.push((
         "race_dup_qxl_vram_eviction",
         Box::new(move || race_qxl_eviction(seconds, seed)),
+    ));
+    tests.push((
+        "race_dup_ext4_writeback_merged",
+        Box::new(move || race_writeback(seconds, seed)),
     ));
     let keep = |name: &str| only.is_none() || only.is_some_and(|w| name.contains(w.as_str()));
     let injection = tests[..injection].iter().filter(|t| keep(t.0)).count();
