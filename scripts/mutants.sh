@@ -33,11 +33,13 @@
 #               baseline must be run the same way (--baseline --shard 1/N).
 #
 # The list: one mutant a line, `name | file | s#perl regex#replacement# |
-# rule it breaks [| tests: FILTER...]`. The substitution is applied to the
+# rule it breaks [| tests: FILTER...] [| cpus: N]`. The substitution is applied to the
 # whole file (so \n and \t match across lines) and must match exactly once:
 # otherwise the code moved and the line is an ERROR, not a survivor. A
 # `tests:` field restricts the Rust selftests to those names (as the selftests
 # binary's name filters); the KUnit suites and the kselftest always run.
+# A `cpus:` field gives the mutant's guest N CPUs even in a shard (a race
+# whose two sides must run at once).
 # A comment block containing `# equivalent:` before a mutant says why no test
 # can kill it; such a mutant is still run when asked for.
 #
@@ -100,12 +102,15 @@ parse_list() {
 		next if /^\s*$/;
 		if (/^#/) { $eq = 1 if /^#\s*equivalent:/; next; }
 		my @f = split / \| /, $_, -1;
-		my $tests = "";
-		if (@f > 4 && $f[-1] =~ /^tests:\s*(.*)$/) { $tests = $1; pop @f; }
-		if (@f < 4) { print "!$.\x1f\x1f\x1f$_\x1f\x1f0\n"; $eq = 0; next; }
+		my ($tests, $cpus) = ("", "");
+		while (@f > 4 && $f[-1] =~ /^(tests|cpus):\s*(.*)$/) {
+			if ($1 eq "tests") { $tests = $2 } else { $cpus = $2 }
+			pop @f;
+		}
+		if (@f < 4) { print "!$.\x1f\x1f\x1f$_\x1f\x1f0\x1f\n"; $eq = 0; next; }
 		my ($name, $file, $rule) = (shift @f, shift @f, pop @f);
 		print join("\x1f", $name, $file, join(" | ", @f), $rule, $tests,
-			   $eq ? 1 : 0), "\n";
+			   $eq ? 1 : 0, $cpus), "\n";
 		$eq = 0;' "$list"
 }
 
@@ -146,9 +151,10 @@ setup_tree() {
 }
 
 if [ "$mode" = list ]; then
-	parse_list | while IFS=$'\x1f' read -r name file _ rule tests eq; do
-		printf '%s | %s | %s%s%s\n' "$name" "$file" "$rule" \
-			"${tests:+ | tests: $tests}" "$( [ "$eq" = 1 ] && echo ' [equivalent]')"
+	parse_list | while IFS=$'\x1f' read -r name file _ rule tests eq cpus; do
+		printf '%s | %s | %s%s%s%s\n' "$name" "$file" "$rule" \
+			"${tests:+ | tests: $tests}" "${cpus:+ | cpus: $cpus}" \
+			"$( [ "$eq" = 1 ] && echo ' [equivalent]')"
 	done
 	exit 0
 fi
@@ -168,7 +174,7 @@ except FileNotFoundError:
 counts = {"KILLED": 0, "SURVIVED": 0, "ERROR": 0, "NOT RUN": 0}
 eq_survived = 0
 for rec in sys.stdin:
-    name, _file, _subst, rule, _tests, eq = rec.rstrip("\n").split("\x1f")
+    name, _file, _subst, rule, _tests, eq, _cpus = rec.rstrip("\n").split("\x1f")
     if name.startswith("!"):
         continue
     f = latest.get(name)
@@ -215,7 +221,7 @@ selection() {
 
 if [ "$mode" = check ]; then
 	errors=0 count=0
-	while IFS=$'\x1f' read -r -u 3 name file subst rule _ _; do
+	while IFS=$'\x1f' read -r -u 3 name file subst rule _ _ _; do
 		count=$((count + 1))
 		if [[ $name == !* ]]; then
 			echo "ERROR ${name#!}: malformed line: $rule"
@@ -349,7 +355,7 @@ record() { # verdict name details build_s guest_s
 }
 
 run_one() {
-	local name=$1 file=$2 subst=$3 rule=$4 tests=$5 eq=$6
+	local name=$1 file=$2 subst=$3 rule=$4 tests=$5 eq=$6 cpus=${7:-}
 	local rdir=$resdir/$name why t0 build_s guest_s rc=0 mode
 	local expect=(--expect-kunit mremap_dup:5 --expect-kunit "mremap_dup_mm:$(grep -c 'KUNIT_CASE(' "$msrc/mm/tests/mremap_dup_kunit.c")")
 	local host_args=()
@@ -382,6 +388,8 @@ run_one() {
 	mode=failfast
 	[ "$name" = baseline ] && mode=test
 	t0=$(date +%s)
+	# A race that needs two CPUs in the guest gets them, sharded or not.
+	[ -n "$cpus" ] && local BOOT_CPUS=$cpus && export BOOT_CPUS
 	guest "$rdir/guest" "$mode"
 	# QEMU itself failing (TCG: "iotlb_to_section: Assertion ... failed"
 	# within seconds of boot) says nothing of the mutant: run it again, once.
@@ -427,7 +435,7 @@ if [ "$mode" = baseline ]; then
 	run_one baseline "" "" "the unmutated tree" "" 0
 	exit 0
 fi
-while IFS=$'\x1f' read -r -u 3 name file subst rule tests eq; do
+while IFS=$'\x1f' read -r -u 3 name file subst rule tests eq cpus; do
 	if [[ $name == !* ]]; then
 		echo "ERROR ${name#!}: malformed line: $rule"
 		errors=$((errors + 1))
@@ -437,6 +445,6 @@ while IFS=$'\x1f' read -r -u 3 name file subst rule tests eq; do
 		echo "NOT RUN $name: after MUTANT_STOP_AT=$MUTANT_STOP_AT UTC"
 		continue
 	fi
-	run_one "$name" "$file" "$subst" "$rule" "$tests" "$eq"
+	run_one "$name" "$file" "$subst" "$rule" "$tests" "$eq" "$cpus"
 done 3< <(selected)
 echo "mutants: $killed of $((killed + survived)) killed$( [ "$errors" -gt 0 ] && echo ", $errors errors")"

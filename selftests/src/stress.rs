@@ -2148,12 +2148,14 @@ fn race_qxl_eviction(seconds: u64, seed: u64) -> Result<String, String> {
     ))
 }
 
-/// The writeback race's source, in pages: one PTE table's worth, mapped at
-/// file offset 1 (page 0 is the neighbour's).
-const WB_PAGES: usize = 512;
+/// The writeback race's source, in pages, mapped at file offset 1 (page 0
+/// is the neighbour's); source and duplicate each inside one PMD, so that
+/// the copy is one extent.
+const WB_PAGES: usize = 32;
 /// Mappings of the source's file range made before the source, which an rmap
-/// walk visits between the merged duplicate and the source.
-const WB_FILLERS: usize = 64;
+/// walk visits between the merged duplicate and the source: the writeback's
+/// walks then take most of its time, most of it between those two visits.
+const WB_FILLERS: usize = 1000;
 
 /// Runs a command of the guest's userland; an error if it fails.
 fn run_cmd(cmd: &str, args: &[&str]) -> Result<(), String> {
@@ -2254,11 +2256,15 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
     }
     // Made after the fillers: among mappings of the same offset, the i_mmap
     // tree keeps the order of insertion, so walks visit the source last.
-    let src = shared(0, len, p, 0)?;
-    // The neighbour's page, then the destination, in one reservation.
-    let arena = reserve_at(0, p + len, libc::PROT_NONE, libc::MAP_32BIT)?;
-    shared(arena, p, 0, libc::MAP_FIXED)?;
-    let dst = arena + p;
+    // The source at the start of a 2 MiB-aligned 2 MiB, the neighbour's
+    // page at the end of that 2 MiB, the destination right after it, at the
+    // start of the next.
+    const PMD: usize = 2 << 20;
+    let arena = reserve_at(0, 3 * PMD, libc::PROT_NONE, libc::MAP_32BIT)?;
+    let base = (arena + PMD - 1) & !(PMD - 1);
+    let src = shared(base, len, p, libc::MAP_FIXED)?;
+    let dst = base + PMD;
+    let nb = shared(dst - p, p, 0, libc::MAP_FIXED)?;
     let buf = reserve_at(0, len, rw, 0)?;
     let mut rng = Rng::new(seed);
     let (mut rounds, mut wb_ns) = (0u64, 1_000_000u64);
@@ -2301,7 +2307,7 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
                 ctl.fail(format!("DUP|FIXED next to the neighbour: {}", errname(e)));
                 break;
             }
-            if let Err(e) = wb_check_round(arena, dst, src, fd, &direct, buf, gen + 1) {
+            if let Err(e) = wb_check_round(nb, dst, src, fd, &direct, buf, gen + 1) {
                 ctl.fail(format!("round {rounds}: {e}"));
             }
             // Back to the neighbour alone (the merged VMA is cut again).
@@ -2316,8 +2322,7 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
         }
     });
     munmap(buf, len);
-    munmap(arena, p + len);
-    munmap(src, len);
+    munmap(arena, 3 * PMD);
     for f in fillers {
         munmap(f, len);
     }
@@ -2340,7 +2345,7 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
 /// After a round's DUP: the duplicate merged with the neighbour and holds
 /// the source's contents; `gen` written through it reaches the disk.
 fn wb_check_round(
-    arena: usize,
+    nb: usize,
     dst: usize,
     src: usize,
     fd: i32,
@@ -2349,8 +2354,8 @@ fn wb_check_round(
     gen: u64,
 ) -> Result<(), String> {
     let len = WB_PAGES * page();
-    let maps = Maps::read(arena, dst + len)?;
-    if maps.inside.len() != 1 || maps.inside[0].start != arena || maps.inside[0].end != dst + len {
+    let maps = Maps::read(nb, dst + len)?;
+    if maps.inside.len() != 1 || maps.inside[0].start != nb || maps.inside[0].end != dst + len {
         return Err(format!(
             "the duplicate did not merge with the neighbour: {:?}",
             maps.inside
