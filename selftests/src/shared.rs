@@ -651,6 +651,50 @@ fn hugetlb_memfd() -> TestResult {
     )
 }
 
+/// A DUP of pages with no entries allocates no page table for the duplicate,
+/// even where the source's PTE table exists (for a touched neighbour in the
+/// same 2 MiB): VmPTE does not grow, until the duplicate's first touch, which
+/// shows that the count sees the PTE table the fault allocates.
+fn unpopulated_range_gets_no_page_table() -> TestResult {
+    require_dup()?;
+    let fd = memfd(8 * page(), 0)?;
+    // Source and destination each alone in a 2 MiB-aligned 2 MiB, below
+    // 4 GiB: no page table maps either range yet.
+    let big = reserve(3 * HUGE / page(), true)?;
+    let src = huge_aligned(&big);
+    let dst = src + HUGE;
+    let m = map(
+        src,
+        8 * page(),
+        RW,
+        libc::MAP_SHARED | libc::MAP_FIXED,
+        fd.as_raw_fd(),
+        0,
+    )
+    .ctx("mmap memfd")?;
+    m.forget();
+    poke(src, 7);
+    let before = (status_kb("VmPTE"), status_kb("VmPTE"));
+    dup_fixed(src + 4 * page(), 4 * page(), dst).ctx("DUP of untouched pages")?;
+    let after = status_kb("VmPTE");
+    check!(
+        after == before.1,
+        "VmPTE {} -> {after} kB: a page table was allocated for a duplicate with nothing to copy",
+        before.1
+    );
+    poke(dst, 9);
+    check!(
+        status_kb("VmPTE") >= after + 4,
+        "VmPTE {after} -> {} kB after the duplicate's first touch, expected a PTE table more",
+        status_kb("VmPTE")
+    );
+    check!(
+        peek(src + 4 * page()) == 9,
+        "write via the duplicate not seen via the source"
+    );
+    Ok(())
+}
+
 /// The device-dax device that boot.sh's soft-reserved range gives the guest
 /// (device-dax's hmem driver, 2 MiB pages), mapped whole: two huge pages.
 fn devdax_map() -> Result<(std::fs::File, Mapping), Failure> {
@@ -1520,6 +1564,7 @@ pub const TESTS: &[Test] = crate::tests![
     max_map_count_exact,
     hugetlb_memfd,
     devdax_duplicated_huge_aligned,
+    unpopulated_range_gets_no_page_table,
     devdax_unaligned_address_refused,
     einval_resize,
     einval_with_dontunmap,
