@@ -1973,6 +1973,14 @@ fn qxl_map(card: &OwnedFd, pages: usize, off: u64) -> Result<usize, String> {
     .map_err(|e| format!("mmap of a QXL VRAM BO: {}", errname(e)))
 }
 
+/// Maps the BO `(handle, offset)` just allocated; closes its handle if that
+/// fails.
+fn qxl_map_bo(card: &OwnedFd, pages: usize, (h, off): (u32, u64)) -> Result<(u32, usize), String> {
+    qxl_map(card, pages, off).map(|a| (h, a)).inspect_err(|_| {
+        let _ = drm_ffi::gem::close(card.as_fd(), h);
+    })
+}
+
 fn ns_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
@@ -1988,13 +1996,7 @@ fn qxl_evictor(q: &Qxl) {
         q.alloc_start.store(ns_since(q.epoch), Ordering::SeqCst);
         let bo = card::qxl_alloc_vram(&q.card, q.pages * page());
         q.alloc_end.store(ns_since(q.epoch), Ordering::SeqCst);
-        match bo.and_then(|(h, off)| {
-            let addr = qxl_map(&q.card, q.pages, off);
-            if addr.is_err() {
-                let _ = drm_ffi::gem::close(q.card.as_fd(), h);
-            }
-            Ok((h, addr?))
-        }) {
+        match bo.and_then(|b| qxl_map_bo(&q.card, q.pages, b)) {
             Ok((h, addr)) => {
                 fill(addr, 0..q.pages, QXL_OTHER);
                 *q.other.lock().unwrap() = Some((h, addr));
@@ -2049,15 +2051,7 @@ fn race_qxl_eviction(seconds: u64, seed: u64) -> Result<String, String> {
         let start = Instant::now();
         while q.ctl.running() && start.elapsed() < Duration::from_secs(seconds) {
             let pattern = seed ^ (rounds << 24);
-            let bo = card::qxl_alloc_vram(&q.card, len).and_then(|(h, off)| {
-                match qxl_map(&q.card, pages, off) {
-                    Ok(a) => Ok((h, a)),
-                    Err(e) => {
-                        let _ = drm_ffi::gem::close(q.card.as_fd(), h);
-                        Err(e)
-                    }
-                }
-            });
+            let bo = card::qxl_alloc_vram(&q.card, len).and_then(|b| qxl_map_bo(&q.card, pages, b));
             let (handle, orig) = match bo {
                 Ok(b) => b,
                 Err(e) => {
