@@ -2143,9 +2143,13 @@ fn race_qxl_eviction(seconds: u64, seed: u64) -> Result<String, String> {
 }
 
 /// The writeback race's source, in pages, mapped at file offset 1 (page 0
-/// is the neighbour's); source and duplicate each inside one PMD, so that
-/// the copy is one extent.
-const WB_PAGES: usize = 32;
+/// is the neighbour's): eight PMDs, source and duplicate PMD-aligned, so the
+/// copy takes eight extents, all with present entries.
+const WB_PAGES: usize = 8 * 512;
+/// Its pages that are written and written back each round: in the last
+/// extent, which the copy reaches last.
+const WB_FIRST: usize = 7 * 512;
+const WB_DIRTY: usize = 64;
 /// Mappings of the source's file range made before the source, which an rmap
 /// walk visits between the merged duplicate and the source: the writeback's
 /// walks then take most of its time, most of it between those two visits.
@@ -2211,11 +2215,14 @@ impl Drop for Ext4 {
 /// duplicate a writable entry of a clean folio, and what is written through
 /// it never reaches the file.
 ///
-/// Each round: every page of the source is written (dirty), the writeback
-/// starts, the DUP|FIXED next to the neighbour starts at a random point of
-/// the last writeback's duration; then a new word is written through the
-/// duplicate into every page, fsync(), and the file is read with O_DIRECT
-/// (from the disk, not the page cache): every page must hold that word.
+/// Every page of the source is present. Each round: `WB_DIRTY` pages of its
+/// last extent are written (dirty), the writeback starts, the DUP|FIXED next
+/// to the neighbour starts at a random point of the last writeback's
+/// duration. The copy reaches the last extent after seven others, while the
+/// writeback walks one of its folios, past the duplicate: the window the
+/// lock closes. Then a new word is written through the duplicate into those
+/// pages, fsync(), and the file is read with O_DIRECT (from the disk, not
+/// the page cache): every page must hold that word.
 fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
     let leftovers = Leftovers::read()?;
     let (p, len) = (page(), WB_PAGES * page());
@@ -2250,16 +2257,19 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
     }
     // Made after the fillers: among mappings of the same offset, the i_mmap
     // tree keeps the order of insertion, so walks visit the source last.
-    // The source at the start of a 2 MiB-aligned 2 MiB, the neighbour's
-    // page at the end of that 2 MiB, the destination right after it, at the
-    // start of the next.
+    // The source 2 MiB-aligned, then a gap ending in the neighbour's page,
+    // then the destination, 2 MiB-aligned.
     const PMD: usize = 2 << 20;
-    let arena = reserve_at(0, 3 * PMD, libc::PROT_NONE, libc::MAP_32BIT)?;
+    let arena = reserve_at(0, 2 * len + 2 * PMD, libc::PROT_NONE, libc::MAP_32BIT)?;
     let base = (arena + PMD - 1) & !(PMD - 1);
     let src = shared(base, len, p, libc::MAP_FIXED)?;
-    let dst = base + PMD;
+    let dst = base + len + PMD;
     let nb = shared(dst - p, p, 0, libc::MAP_FIXED)?;
-    let buf = reserve_at(0, len, rw, 0)?;
+    // Every page present (read faults: clean, read-only entries).
+    for q in 0..WB_PAGES {
+        peek(src + q * p);
+    }
+    let buf = reserve_at(0, WB_DIRTY * p, rw, 0)?;
     let mut rng = Rng::new(seed);
     let (mut rounds, mut wb_ns) = (0u64, 1_000_000u64);
     let ctl = Control::new();
@@ -2284,7 +2294,7 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
         let start = Instant::now();
         while ctl.running() && start.elapsed() < Duration::from_secs(seconds) {
             let gen = seed ^ (rounds << 24);
-            fill(src, 0..WB_PAGES, gen);
+            fill(src, WB_FIRST..WB_FIRST + WB_DIRTY, gen);
             let at = ns_since(epoch) + rng.below(wb_ns as usize + 1) as u64;
             barrier.wait();
             while ns_since(epoch) < at {
@@ -2315,15 +2325,16 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
             ctl.fail("the writeback thread panicked".into());
         }
     });
-    munmap(buf, len);
-    munmap(arena, 3 * PMD);
+    munmap(buf, WB_DIRTY * p);
+    munmap(arena, 2 * len + 2 * PMD);
     for f in fillers {
         munmap(f, len);
     }
     drop(direct);
     drop(file);
     drop(fs);
-    let stats = format!("{rounds} rounds of {WB_PAGES} pages, last writeback {wb_ns} ns");
+    let stats =
+        format!("{rounds} rounds of {WB_DIRTY} of {WB_PAGES} pages, last writeback {wb_ns} ns");
     if let Some(e) = ctl.error() {
         return Err(format!("{e} (seed {seed}; {stats})"));
     }
@@ -2355,13 +2366,14 @@ fn wb_check_round(
             maps.inside
         ));
     }
-    if let Some(q) = mismatch(dst, 0..WB_PAGES, gen - 1) {
+    let dirty = WB_FIRST..WB_FIRST + WB_DIRTY;
+    if let Some(q) = mismatch(dst, dirty.clone(), gen - 1) {
         return Err(format!(
             "page {q} of the duplicate does not hold the source's contents"
         ));
     }
-    fill(dst, 0..WB_PAGES, gen);
-    if let Some(q) = mismatch(src, 0..WB_PAGES, gen) {
+    fill(dst, dirty.clone(), gen);
+    if let Some(q) = mismatch(src, dirty.clone(), gen) {
         return Err(format!(
             "page {q}: a write through the duplicate is not seen through the source"
         ));
@@ -2370,23 +2382,25 @@ fn wb_check_round(
     if unsafe { libc::fsync(fd) } != 0 {
         return Err(format!("fsync: {}", errname(errno())));
     }
-    // SAFETY: buf is this process's writable mapping of len bytes, page
+    // The written pages from the disk: file offset 1 + WB_FIRST on.
+    let want = WB_DIRTY * page();
+    // SAFETY: buf is this process's writable mapping of WB_DIRTY pages, page
     // aligned as O_DIRECT needs.
     let n = unsafe {
         libc::pread(
             direct.as_raw_fd(),
             buf as *mut libc::c_void,
-            len,
-            page() as i64,
+            want,
+            ((1 + WB_FIRST) * page()) as i64,
         )
     };
-    if n != len as isize {
+    if n != want as isize {
         return Err(format!("O_DIRECT read: {n} bytes ({})", errname(errno())));
     }
-    match mismatch(buf, 0..WB_PAGES, gen) {
+    match dirty.clone().find(|&q| peek(buf + (q - WB_FIRST) * page()) != word(gen, q)) {
         Some(q) => Err(format!(
             "page {q}: the word written through the duplicate is not in the file after fsync() (read {:#x}): the duplicate kept a writable entry of a folio the writeback had cleaned",
-            peek(buf + q * page())
+            peek(buf + (q - WB_FIRST) * page())
         )),
         None => Ok(()),
     }
