@@ -615,7 +615,7 @@ fn hugetlb_memfd() -> TestResult {
         map(0, 2 * HUGE, RW, libc::MAP_SHARED, fd.as_raw_fd(), 0).ctx("mmap hugetlb memfd")?;
     // A huge-page-aligned reservation: over-reserve and pick an aligned address.
     let big = reserve(4 * HUGE / page(), true)?;
-    let dst = (big.addr + HUGE - 1) & !(HUGE - 1);
+    let dst = huge_aligned(&big);
     let before = snapshot(&[(src.addr, src.len, false), (dst, 2 * HUGE, false)]);
     expect_errno(
         "hugetlb DUP of a base-page length",
@@ -640,7 +640,7 @@ fn hugetlb_memfd() -> TestResult {
     shares("hugetlb", src.addr, got, 2 * HUGE / page())?;
     // A sub-range: the second huge page alone, at another aligned address.
     let big2 = reserve(2 * HUGE / page(), true)?;
-    let dst2 = (big2.addr + HUGE - 1) & !(HUGE - 1);
+    let dst2 = huge_aligned(&big2);
     let got2 = dup_fixed(src.addr + HUGE, HUGE, dst2).ctx("hugetlb DUP of the second huge page")?;
     verify(
         "second huge page via its own duplicate",
