@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A seeded random-operation model of MREMAP_DUP, run inside the guest.
-//! Prints KTAP: test 1 is the run, test 2 the leak check after it.
+//! Prints KTAP: test 1 is the run, test 2 the leak check after it (with
+//! `--jobs N`: tests 1 to N the workers' runs, N + 1 the leak check).
 //!
 //! Usage: `mremap-dup-model [--seed N] [--ops N] [--seconds S] [--pages N]
-//! [--check-every N] [--rules auto|linear|whole] [--no-dup] [--verbose]`
+//! [--check-every N] [--rules auto|linear|whole] [--no-dup] [--jobs N]
+//! [--verbose]`
 //!
 //! - `--seed N`: the run's seed (printed; default: from the clock). The same
 //!   seed replays the same operations with the same arguments.
@@ -22,6 +24,11 @@
 //!   `linear`).
 //! - `--no-dup`: no MREMAP_DUP calls (to check the rest of the model on a
 //!   kernel without it).
+//! - `--jobs N`: N worker processes at once, each with its own arena and
+//!   objects, seeds `seed` to `seed + N - 1`, `--ops` shared out between
+//!   them and `--seconds` bounding each; their output is printed in
+//!   order. The leak check is taken before the first starts and after the
+//!   last ends. A worker killed by a signal is a failed test.
 //!
 //! Soak by hand, in a guest booted as for the test run (the test device
 //! loaded with its `pat_base`, debugfs mounted, vgem present):
@@ -88,7 +95,7 @@ mod abi;
 
 use std::cell::UnsafeCell;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -326,6 +333,10 @@ struct OpText(UnsafeCell<[u8; 600]>, UnsafeCell<usize>);
 unsafe impl Sync for OpText {}
 static OP_TEXT: OpText = OpText(UnsafeCell::new([0; 600]), UnsafeCell::new(0));
 
+/// This process's KTAP test number (its worker's, with `--jobs`), for the
+/// handler's result line.
+static TEST_NO: AtomicUsize = AtomicUsize::new(1);
+
 fn set_op_text(s: &str) {
     let b = s.as_bytes();
     let n = b.len().min(600);
@@ -347,7 +358,20 @@ extern "C" fn on_fault(sig: i32) {
         libc::write(2, d.as_ptr().cast(), 3);
         let n = *OP_TEXT.1.get();
         libc::write(1, OP_TEXT.0.get().cast::<libc::c_void>(), n);
-        let tail = b"not ok 1 model: killed by a signal the model did not expect\n";
+        let mut n = TEST_NO.load(Ordering::Relaxed);
+        let mut num = [0u8; 20];
+        let mut i = num.len();
+        loop {
+            i -= 1;
+            num[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        libc::write(1, b"not ok ".as_ptr().cast(), 7);
+        libc::write(1, num[i..].as_ptr().cast(), num.len() - i);
+        let tail = b" model: killed by a signal the model did not expect\n";
         libc::write(1, tail.as_ptr().cast(), tail.len());
         libc::_exit(1);
     }
@@ -1783,6 +1807,7 @@ struct Args {
     rules: Option<bool>,
     dup: bool,
     verbose: bool,
+    jobs: usize,
 }
 
 fn args() -> Args {
@@ -1811,6 +1836,7 @@ fn args() -> Args {
         },
         dup: !a.iter().any(|x| x == "--no-dup"),
         verbose: a.iter().any(|x| x == "--verbose"),
+        jobs: num("--jobs", 1).clamp(1, 64) as usize,
     }
 }
 
@@ -1863,36 +1889,24 @@ fn pat_lines() -> Option<String> {
     Some(ours.map(|l| format!("{l}\n")).collect())
 }
 
-fn main() {
-    let args = args();
-    assert_eq!(page(), PG, "the model assumes 4 KiB pages");
-    println!("KTAP version 1");
-    println!("1..2");
-    let name = format!("model seed={}", args.seed);
-    if args.dup && !mremap_dup::is_supported() {
-        println!("ok 1 {name} # SKIP MREMAP_DUP not supported by this kernel");
-        println!("ok 2 model leak check # SKIP MREMAP_DUP not supported by this kernel");
-        println!("# Totals: pass:0 fail:0 skip:2");
-        return;
-    }
-    // Opening the test device records its PAT_WC memory (PAT_BASE), whose
-    // PAT entries the leak check compares.
-    drop(Dev::open());
-    let start_levels = levels();
-    let mut rng = Rng(args.seed);
+/// One run of the model with `seed`, at most `ops` operations: prints its
+/// comment lines and its KTAP result line, numbered `number`; unmaps and
+/// closes everything it made. Returns whether it failed.
+fn run_model(args: &Args, seed: u64, ops: u64, number: usize) -> bool {
+    let name = format!("model seed={seed}");
+    TEST_NO.store(number, Ordering::Relaxed);
+    let mut rng = Rng(seed);
     let npages = args.pages + 2 * MARGIN;
     let base = match reserve_region(&mut rng, npages) {
         Ok(b) => b,
         Err(e) => {
             println!("# {e}");
-            println!("not ok 1 {name}");
-            println!("ok 2 model leak check # SKIP the model did not run");
-            println!("# Totals: pass:0 fail:1 skip:1");
-            std::process::exit(1);
+            println!("not ok {number} {name}");
+            return true;
         }
     };
     let mut w = World {
-        seed: args.seed,
+        seed,
         rng,
         base,
         npages,
@@ -1914,7 +1928,6 @@ fn main() {
         maps_b: Vec::with_capacity(1 << 20),
         stats: Stats::default(),
     };
-    let dev_counts0 = Dev::open().map(|d| d.counts());
     let notes = match w.setup_objects(args.rules) {
         Ok(n) => n,
         Err(e) => vec![format!("setup failed: {e}")],
@@ -1932,8 +1945,7 @@ fn main() {
         tainted: false,
     });
     println!(
-        "# model: seed={} arena {:#x}-{:#x} ({} pages + {MARGIN} margin pages either side), objects: {}",
-        args.seed,
+        "# model: seed={seed} arena {:#x}-{:#x} ({} pages + {MARGIN} margin pages either side), objects: {}",
         w.addr(0),
         w.addr(npages),
         args.pages,
@@ -1953,13 +1965,12 @@ fn main() {
     if let Err(e) = w.check_maps() {
         failure = Some(format!("before the first operation: {e}"));
     }
-    while failure.is_none() && w.op < args.ops && t0.elapsed() < limit {
+    while failure.is_none() && w.op < ops && t0.elapsed() < limit {
         w.op += 1;
         w.stats.ops += 1;
         if let Err(e) = w.step(args.check_every) {
             failure = Some(format!(
-                "seed={} op {}: {}\n# {}",
-                args.seed,
+                "seed={seed} op {}: {}\n# {}",
                 w.op,
                 w.op_text,
                 e.replace('\n', "\n# ").replace("\n# # ", "\n# ")
@@ -1969,7 +1980,7 @@ fn main() {
     if failure.is_none() {
         w.begin("final check of every page".into());
         if let Err(e) = w.check_maps().and_then(|_| w.check_all_pages()) {
-            failure = Some(format!("seed={} after op {}: {e}", args.seed, w.op));
+            failure = Some(format!("seed={seed} after op {}: {e}", w.op));
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -2007,26 +2018,124 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let failed = failure.is_some();
     match &failure {
         Some(f) => {
             println!("# FAILED: {f}");
-            println!("not ok 1 {name} ops={}", w.op);
+            println!("not ok {number} {name} ops={}", w.op);
         }
-        None => println!("ok 1 {name} ops={}", w.op),
+        None => println!("ok {number} {name} ops={}", w.op),
     }
 
-    // Leak check: everything unmapped and closed.
+    // Everything unmapped and closed, for the leak check.
     // SAFETY: the region is this program's; nothing references it now.
     unsafe { libc::munmap(w.base as *mut libc::c_void, npages * PG) };
     if let Some(v) = w.vgem.take() {
         let _ = drm_ffi::mode::dumbbuffer::destroy(v.card.as_fd(), v.handle);
     }
-    let dev = w.dev.take();
     if let Some(p) = w.tmpfs_path.take() {
         let _ = std::fs::remove_file(p);
     }
-    drop(w);
+    failure.is_some()
+}
+
+/// `--jobs N`: N worker processes run the model at once, with seeds `seed`
+/// to `seed + N - 1` and the operations shared out, each in its own arena;
+/// their output is printed in order, each after its worker ends. Returns
+/// how many failed (or ended without their result line).
+fn run_workers(args: &Args) -> usize {
+    let jobs = args.jobs as u64;
+    let mut workers = Vec::new();
+    for k in 0..args.jobs {
+        let seed = args.seed.wrapping_add(k as u64);
+        let ops = if args.ops == u64::MAX {
+            u64::MAX
+        } else {
+            args.ops / jobs + u64::from((k as u64) < args.ops % jobs)
+        };
+        let (r, wr) = nix::unistd::pipe().expect("pipe");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: the program has one thread; the child runs the model and
+        // _exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                drop(r);
+                // SAFETY: fd 1 becomes the pipe; Rust's stdout writes to fd 1.
+                unsafe { libc::dup2(wr.as_raw_fd(), 1) };
+                drop(wr);
+                let failed = run_model(args, seed, ops, k + 1);
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                // SAFETY: leaves without the parent's exit handlers.
+                unsafe { libc::_exit(i32::from(failed)) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(wr);
+                workers.push((child, r, seed));
+            }
+        }
+    }
+    let t0 = Instant::now();
+    let mut failed = 0;
+    let mut total = 0u64;
+    for (k, (pid, r, seed)) in workers.into_iter().enumerate() {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text);
+        print!("{text}");
+        let status = nix::sys::wait::waitpid(pid, None);
+        let ok_line = format!("ok {} model seed={seed} ops=", k + 1);
+        let result = text
+            .lines()
+            .find(|l| l.starts_with(&ok_line) || l.starts_with(&format!("not ok {} ", k + 1)));
+        match result {
+            Some(l) if l.starts_with(&ok_line) => {
+                total += l[ok_line.len()..].parse::<u64>().unwrap_or(0);
+                if !matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
+                    println!("# worker {} passed but ended with {status:?}", k + 1);
+                    failed += 1;
+                }
+            }
+            Some(_) => failed += 1,
+            None => {
+                println!(
+                    "not ok {} model seed={seed}: the worker ended with {status:?} and no result",
+                    k + 1
+                );
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "# {total} ops by {} workers in {:.1} s",
+        args.jobs,
+        t0.elapsed().as_secs_f64()
+    );
+    failed
+}
+
+fn main() {
+    let args = args();
+    assert_eq!(page(), PG, "the model assumes 4 KiB pages");
+    let leak_no = args.jobs + 1;
+    println!("KTAP version 1");
+    println!("1..{leak_no}");
+    if args.dup && !mremap_dup::is_supported() {
+        for k in 1..=args.jobs {
+            println!("ok {k} model # SKIP MREMAP_DUP not supported by this kernel");
+        }
+        println!("ok {leak_no} model leak check # SKIP MREMAP_DUP not supported by this kernel");
+        println!("# Totals: pass:0 fail:0 skip:{leak_no}");
+        return;
+    }
+    // Opening the test device records its PAT_WC memory (PAT_BASE), whose
+    // PAT entries the leak check compares.
+    drop(Dev::open());
+    let start_levels = levels();
+    let dev = Dev::open();
+    let dev_counts0 = dev.as_ref().map(|d| d.counts());
+    let failed_runs = if args.jobs == 1 {
+        usize::from(run_model(&args, args.seed, args.ops, 1))
+    } else {
+        run_workers(&args)
+    };
     let dev_counts1 = dev.as_ref().map(|d| d.counts());
     drop(dev);
     let mut leaks = Vec::new();
@@ -2121,18 +2230,20 @@ fn main() {
     for l in &leaks {
         println!("# LEAK: {}", l.replace('\n', "\n# "));
     }
+    let failed = failed_runs > 0;
     if failed {
-        println!("ok 2 model leak check # SKIP the model run failed");
+        println!("ok {leak_no} model leak check # SKIP the model run failed");
     } else if leaked {
-        println!("not ok 2 model leak check");
+        println!("not ok {leak_no} model leak check");
     } else {
-        println!("ok 2 model leak check");
+        println!("ok {leak_no} model leak check");
     }
-    let fails = u32::from(failed) + u32::from(!failed && leaked);
-    let passes = 2 - fails - u32::from(failed);
+    let leak_failed = usize::from(!failed && leaked);
+    let fails = failed_runs + leak_failed;
     println!(
-        "# Totals: pass:{passes} fail:{fails} skip:{}",
-        u32::from(failed)
+        "# Totals: pass:{} fail:{fails} skip:{}",
+        args.jobs - failed_runs + usize::from(!failed && !leaked),
+        usize::from(failed)
     );
     std::process::exit(i32::from(fails > 0));
 }
