@@ -4,7 +4,9 @@
 // (200 rounds each); with a second argument "trace", the last round runs
 // with /sys/kernel/tracing/tracing_on set; with "dup N" or "mmap N", only
 // that call and the mmap() that puts the reservation back, N times, for a
-// sampling profiler (scripts/profile-dup.sh --perf).
+// sampling profiler (scripts/profile-dup.sh --perf). With PRESENT=1 in the
+// environment, the memfd's pages are written first and every DUP's source
+// is a fresh mapping of them (as bench.rs's dup_empty has it).
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -47,8 +49,14 @@ int main(int argc, char **argv)
 	long t0, tdup = 0, tmap = 0;
 	int i, n = 200;
 
+	int present = getenv("PRESENT") ? atoi(getenv("PRESENT")) : 0;
+
 	ftruncate(fd, len);
 	src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (present) {
+		memset(src, 1, len);
+		munmap(src, len);
+	}
 	res = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (!strcmp(mode, "dup") || !strcmp(mode, "mmap")) {
 		int dup = !strcmp(mode, "dup");
@@ -56,6 +64,9 @@ int main(int argc, char **argv)
 		n = argc > 3 ? atoi(argv[3]) : 10000;
 		t0 = ns();
 		for (i = 0; i < n; i++) {
+			if (dup && present)
+				src = mmap(NULL, len, PROT_READ | PROT_WRITE,
+					   MAP_SHARED, fd, 0);
 			if (dup)
 				p = (char *)syscall(SYS_mremap, src, len, len,
 						    MREMAP_DUP | MREMAP_FIXED, res);
@@ -68,6 +79,8 @@ int main(int argc, char **argv)
 			}
 			mmap(res, len, PROT_NONE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+			if (dup && present)
+				munmap(src, len);
 		}
 		printf("len %zu: %d x (%s + mmap back): %ld ns each\n", len, n, mode, (ns() - t0) / n);
 		return 0;
@@ -75,12 +88,16 @@ int main(int argc, char **argv)
 	for (i = 0; i < n + 1; i++) {
 		int last = trace && i == n;
 
+		if (present)
+			src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		if (last)
 			tr("1");
 		t0 = ns();
 		p = (char *)syscall(SYS_mremap, src, len, len, MREMAP_DUP | MREMAP_FIXED, res);
 		tdup += ns() - t0;
 		if (p != res) { perror("dup"); return 1; }
+		if (present)
+			munmap(src, len);
 		mmap(res, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
 		t0 = ns();
 		p = mmap(res, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);

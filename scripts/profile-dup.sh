@@ -13,15 +13,23 @@
 # loop of 20000 DUPs at 4 KiB, and one of 20000 MAP_FIXED mmap()s, each
 # followed by the mmap() that puts the reservation back; writes
 # perf-dup.txt and perf-mmap.txt (per kernel function: self time, and time
-# with callees).
+# with callees). --len N: the size of the --perf loops (default 4096).
+# --present: the memfd's pages are in the page cache and each DUP's source
+# is a fresh mapping of them, as for bench.rs's dup_empty (PRESENT=1 for
+# profile-dup.c).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-perf=0
-if [ "${1:-}" = --perf ]; then
-	perf=1
+perf=0 len=4096 present=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	--perf) perf=1 ;;
+	--len) len=$2; shift ;;
+	--present) present=1 ;;
+	*) break ;;
+	esac
 	shift
-fi
+done
 flavour=${1:-bench}
 tree=$(tree_for "$flavour")
 out=$CACHE/results/profile-dup
@@ -31,10 +39,11 @@ gcc -O2 -Wall -Wno-unused-result -o "$out/profile-dup" "$REPO/scripts/profile-du
 if [ $perf = 1 ]; then
 	cat >"$out/guest.sh" <<GUEST
 set -e
+export PRESENT=$present
 echo 0 >/proc/sys/kernel/kptr_restrict
 echo -1 >/proc/sys/kernel/perf_event_paranoid
 for m in dup mmap; do
-	perf record -q -e cpu-clock -F 4000 -g -o /tmp/perf-\$m.data $out/profile-dup 4096 \$m 20000 >>$out/times.txt
+	perf record -q -e cpu-clock -F 4000 -g -o /tmp/perf-\$m.data $out/profile-dup $len \$m 20000 >>$out/times.txt
 	{
 		echo "## self time"
 		perf report -i /tmp/perf-\$m.data --stdio --no-children --sort sym --percent-limit 0.5 -g none
@@ -46,6 +55,7 @@ GUEST
 else
 	cat >"$out/guest.sh" <<GUEST
 set -e
+export PRESENT=$present
 cd /sys/kernel/tracing
 for s in 4096 1073741824; do $out/profile-dup \$s; done >$out/times.txt
 echo function_graph >current_tracer
