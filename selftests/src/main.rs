@@ -8,6 +8,7 @@
 
 mod card;
 mod drm;
+mod ext4;
 mod harness;
 mod harness_check;
 mod shared;

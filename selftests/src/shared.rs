@@ -1467,38 +1467,16 @@ fn merges_with_compatible_neighbour() -> TestResult {
     shares("merged duplicate", src.addr, dup, 4)
 }
 
-/// Runs `cmd`, failing with its output unless it succeeds.
-fn run(cmd: &str, args: &[&str]) -> TestResult {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .ctx(cmd)?;
-    check!(
-        out.status.success(),
-        "{cmd} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// A MAP_SHARED file on a page-cache filesystem (ext4 on a loop device), not
 /// only tmpfs: the duplicate sees and makes the file's writes, and what was
 /// written through it reaches the file (read(2) after msync).
 fn ext4_file_mapping() -> TestResult {
     require_dup()?;
-    let dir = format!("/tmp/mremap-dup-ext4-{}", std::process::id());
-    let img = format!("{dir}.img");
-    std::fs::create_dir_all(&dir).ctx("mkdir")?;
-    let f = std::fs::File::create(&img).ctx("image")?;
-    f.set_len(32 << 20).ctx("image size")?;
-    drop(f);
-    run("mkfs.ext4", &["-q", "-F", &img])?;
-    run("mount", &["-o", "loop", &img, &dir])?;
+    let fs = crate::ext4::Ext4::mount("ext4").ctx("ext4 on a loop device")?;
     let result = (|| -> TestResult {
         use std::io::Read;
         use std::os::unix::fs::FileExt;
-        let path = format!("{dir}/file");
+        let path = fs.path("file");
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -1532,9 +1510,7 @@ fn ext4_file_mapping() -> TestResult {
         check!(rest.len() == 4 * page(), "file length {}", rest.len());
         shares("ext4 duplicate", m.addr, dup, 4)
     })();
-    let umount = run("umount", &[&dir]);
-    let _ = std::fs::remove_file(&img);
-    let _ = std::fs::remove_dir(&dir);
+    let umount = fs.unmount().ctx("umount");
     result.and(umount)
 }
 

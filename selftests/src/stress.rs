@@ -55,6 +55,9 @@
 
 #[path = "card.rs"]
 mod card;
+#[allow(dead_code)]
+#[path = "ext4.rs"]
+mod ext4;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -2155,52 +2158,6 @@ const WB_DIRTY: usize = 64;
 /// walks then take most of its time, most of it between those two visits.
 const WB_FILLERS: usize = 1000;
 
-/// Runs a command of the guest's userland; an error if it fails.
-fn run_cmd(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd} {args:?}: {} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// An ext4 file system on a loop device, unmounted and removed on drop.
-struct Ext4 {
-    dir: String,
-    img: String,
-}
-
-impl Ext4 {
-    fn mount() -> Result<Ext4, String> {
-        let dir = format!("/tmp/mremap-dup-stress-ext4-{}", std::process::id());
-        let img = format!("{dir}.img");
-        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
-        let f = File::create(&img).map_err(|e| format!("{img}: {e}"))?;
-        f.set_len(32 << 20).map_err(|e| format!("{img}: {e}"))?;
-        drop(f);
-        let e = Ext4 { dir, img };
-        run_cmd("mkfs.ext4", &["-q", "-F", &e.img])?;
-        run_cmd("mount", &["-o", "loop", &e.img, &e.dir])?;
-        Ok(e)
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let _ = run_cmd("umount", &[&self.dir]);
-        let _ = fs::remove_file(&self.img);
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
 /// DUP of an ext4 file's mapping racing its writeback, with a duplicate
 /// that merges with a neighbour mapping of the file's previous page: the
 /// merged VMA starts at a lower file offset than the source, so rmap walks
@@ -2226,11 +2183,11 @@ impl Drop for Ext4 {
 fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
     let leftovers = Leftovers::read()?;
     let (p, len) = (page(), WB_PAGES * page());
-    let fs = match Ext4::mount() {
+    let fs = match ext4::Ext4::mount("stress-ext4") {
         Ok(fs) => fs,
         Err(e) => return Ok(format!("SKIP no ext4 on a loop device: {e}")),
     };
-    let path = format!("{}/file", fs.dir);
+    let path = fs.path("file");
     let file = OpenOptions::new()
         .read(true)
         .write(true)
