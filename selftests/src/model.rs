@@ -27,7 +27,8 @@
 //! - `--jobs N`: N worker processes at once, each with its own arena and
 //!   objects, seeds `seed` to `seed + N - 1`, `--ops` shared out between
 //!   them and `--seconds` bounding each; their output is printed in
-//!   order. The leak check is taken before the first starts and after the
+//!   order. Only worker 1 maps the test device, whose memory is one for
+//!   every opener. The leak check is taken before the first starts and after the
 //!   last ends. A worker killed by a signal is a failed test.
 //!
 //! Soak by hand, in a guest booted as for the test run (the test device
@@ -600,7 +601,11 @@ impl World {
     }
 
     /// Creates the objects; returns what is not available and why.
-    fn setup_objects(&mut self, linear: Option<bool>) -> Result<Vec<String>, String> {
+    fn setup_objects(
+        &mut self,
+        linear: Option<bool>,
+        with_dev: bool,
+    ) -> Result<Vec<String>, String> {
         let mut notes = Vec::new();
         self.anon_obj = self.new_obj(Kind::Anon, "private anon".into(), None, 0);
         for i in 0..MEMFDS {
@@ -638,9 +643,15 @@ impl World {
             None => notes.push(format!("no tmpfs among {dirs:?}: no tmpfs file")),
         }
         // The test device: the four pages every flavour but PAT_WC maps, and
-        // PAT_WC's own.
-        self.dev = Dev::open();
+        // PAT_WC's own. Its memory is one for every opener: with --jobs,
+        // only the first worker maps it (the others' writes would change
+        // what the model expects there).
+        self.dev = if with_dev { Dev::open() } else { None };
         match &self.dev {
+            None if !with_dev => notes.push(
+                "no test device: with --jobs only worker 1 maps its memory, one for all openers"
+                    .into(),
+            ),
             None => notes
                 .push("no test device (mremap_dup_testdev not loaded): no device flavours".into()),
             Some(d) => {
@@ -1928,7 +1939,7 @@ fn run_model(args: &Args, seed: u64, ops: u64, number: usize) -> bool {
         maps_b: Vec::with_capacity(1 << 20),
         stats: Stats::default(),
     };
-    let notes = match w.setup_objects(args.rules) {
+    let notes = match w.setup_objects(args.rules, number == 1) {
         Ok(n) => n,
         Err(e) => vec![format!("setup failed: {e}")],
     };
