@@ -741,7 +741,9 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
                 t
             }),
         )),
-        None => calls.push((
+        // shmem: the refault of every page afterwards belongs with the
+        // methods that touch every page.
+        None => m.push((
             "dup_empty",
             Box::new(move || {
                 // SAFETY: zaps the entries of our own shared mapping; the

@@ -353,10 +353,11 @@ extern "C" fn on_fault(sig: i32) {
     // SAFETY: write(2) and _exit(2) are async-signal-safe; the text is the
     // one set before the operation began.
     unsafe {
-        let head = b"# unexpected signal (SIGSEGV 11, SIGBUS 7): ";
-        libc::write(2, head.as_ptr().cast(), head.len());
+        // All to fd 1 (with --jobs, the worker's pipe), in order.
+        let head = b"\n# unexpected signal (SIGSEGV 11, SIGBUS 7): ";
+        libc::write(1, head.as_ptr().cast(), head.len());
         let d = [b'0' + (sig / 10) as u8, b'0' + (sig % 10) as u8, b'\n'];
-        libc::write(2, d.as_ptr().cast(), 3);
+        libc::write(1, d.as_ptr().cast(), 3);
         let n = *OP_TEXT.1.get();
         libc::write(1, OP_TEXT.0.get().cast::<libc::c_void>(), n);
         let mut n = TEST_NO.load(Ordering::Relaxed);
@@ -483,6 +484,26 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// The lines of /proc/self/maps that map a file or a device (a path, not
+/// `[heap]` and the like, nor anonymous memory).
+fn file_mappings() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .is_some_and(|p| !p.starts_with('['))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The number of VMAs of the process.
+fn maps_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
 }
 
 fn ncpus() -> u64 {
@@ -1869,7 +1890,7 @@ fn levels() -> Levels {
     let _ = std::fs::write("/sys/kernel/slab/vm_area_struct/shrink", "1");
     Levels {
         fds: open_fds(),
-        maps: std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count()),
+        maps: maps_count(),
         slab: vma_slab(),
         shmem: meminfo_kb("Shmem"),
         pat: pat_lines(),
@@ -1906,6 +1927,7 @@ fn pat_lines() -> Option<String> {
 fn run_model(args: &Args, seed: u64, ops: u64, number: usize) -> bool {
     let name = format!("model seed={seed}");
     TEST_NO.store(number, Ordering::Relaxed);
+    let own = (args.jobs > 1).then(|| (open_fds(), file_mappings()));
     let mut rng = Rng(seed);
     let npages = args.pages + 2 * MARGIN;
     let base = match reserve_region(&mut rng, npages) {
@@ -2029,13 +2051,7 @@ fn run_model(args: &Args, seed: u64, ops: u64, number: usize) -> bool {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    match &failure {
-        Some(f) => {
-            println!("# FAILED: {f}");
-            println!("not ok {number} {name} ops={}", w.op);
-        }
-        None => println!("ok {number} {name} ops={}", w.op),
-    }
+    let ops_done = w.op;
 
     // Everything unmapped and closed, for the leak check.
     // SAFETY: the region is this program's; nothing references it now.
@@ -2046,7 +2062,39 @@ fn run_model(args: &Args, seed: u64, ops: u64, number: usize) -> bool {
     if let Some(p) = w.tmpfs_path.take() {
         let _ = std::fs::remove_file(p);
     }
-    failure.is_some()
+    drop(w);
+    // A worker of --jobs checks its own fds and file mappings, which go with
+    // it: the same fds open, the same mappings of files and devices (a
+    // duplicate left outside the arena would be one). Anonymous mappings
+    // are malloc()'s, which keeps what it took.
+    let mut leak = None;
+    if let Some((fds0, files0)) = own {
+        let (fds1, files1) = (open_fds(), file_mappings());
+        println!(
+            "# worker leak check: open fds {fds0} -> {fds1}, mappings of files {} -> {}",
+            files0.len(),
+            files1.len()
+        );
+        if fds0 != fds1 || files0 != files1 {
+            leak = Some(format!(
+                "open fds {fds0} -> {fds1}; mappings of files before:\n{}\nafter:\n{}",
+                files0.join("\n"),
+                files1.join("\n")
+            ));
+        }
+    }
+    match (&failure, &leak) {
+        (Some(f), _) => {
+            println!("# FAILED: {f}");
+            println!("not ok {number} {name} ops={ops_done}");
+        }
+        (None, Some(l)) => {
+            println!("# LEAK: {}", l.replace('\n', "\n# "));
+            println!("not ok {number} {name} ops={ops_done}");
+        }
+        (None, None) => println!("ok {number} {name} ops={ops_done}"),
+    }
+    failure.is_some() || leak.is_some()
 }
 
 /// `--jobs N`: N worker processes run the model at once, with seeds `seed`
@@ -2084,35 +2132,45 @@ fn run_workers(args: &Args) -> usize {
             }
         }
     }
+    // Read in order: a later worker whose output outgrows the pipe (64 KiB:
+    // --verbose) waits for the earlier ones to end, its clock running. No
+    // reader threads: their stacks would count as VMAs of this process.
     let t0 = Instant::now();
     let mut failed = 0;
     let mut total = 0u64;
     for (k, (pid, r, seed)) in workers.into_iter().enumerate() {
         let mut text = String::new();
         let _ = std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text);
-        print!("{text}");
         let status = nix::sys::wait::waitpid(pid, None);
+        let clean = matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)));
         let ok_line = format!("ok {} model seed={seed} ops=", k + 1);
+        let not_ok = format!("not ok {} ", k + 1);
         let result = text
             .lines()
-            .find(|l| l.starts_with(&ok_line) || l.starts_with(&format!("not ok {} ", k + 1)));
+            .find(|l| l.starts_with(&ok_line) || l.starts_with(&not_ok))
+            .map(str::to_string);
         match result {
-            Some(l) if l.starts_with(&ok_line) => {
+            Some(l) if l.starts_with(&ok_line) && clean => {
                 total += l[ok_line.len()..].parse::<u64>().unwrap_or(0);
-                if !matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) {
-                    println!("# worker {} passed but ended with {status:?}", k + 1);
-                    failed += 1;
-                }
             }
-            Some(_) => failed += 1,
-            None => {
-                println!(
-                    "not ok {} model seed={seed}: the worker ended with {status:?} and no result",
-                    k + 1
+            Some(l) if l.starts_with(&ok_line) => {
+                // Its result line said ok, its end did not.
+                text = text.replace(
+                    &l,
+                    &format!("not ok {} model seed={seed}: ended with {status:?}", k + 1),
                 );
                 failed += 1;
             }
+            Some(_) => failed += 1,
+            None => {
+                text.push_str(&format!(
+                    "not ok {} model seed={seed}: the worker ended with {status:?} and no result\n",
+                    k + 1
+                ));
+                failed += 1;
+            }
         }
+        print!("{text}");
     }
     println!(
         "# {total} ops by {} workers in {:.1} s",

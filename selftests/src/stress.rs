@@ -55,7 +55,6 @@
 
 #[path = "card.rs"]
 mod card;
-#[allow(dead_code)]
 #[path = "ext4.rs"]
 mod ext4;
 
@@ -2289,12 +2288,15 @@ fn race_writeback(seconds: u64, seed: u64) -> Result<String, String> {
     }
     drop(direct);
     drop(file);
-    drop(fs);
+    // umount fails if a reference to the file is left (a duplicate's VMA
+    // that was never freed).
+    let umount = fs.unmount();
     let stats =
         format!("{rounds} rounds of {WB_DIRTY} of {WB_PAGES} pages, last writeback {wb_ns} ns");
     if let Some(e) = ctl.error() {
         return Err(format!("{e} (seed {seed}; {stats})"));
     }
+    umount.map_err(|e| format!("after the race: {e}"))?;
     if rounds == 0 {
         return Err(format!("no round ran: {stats}"));
     }
