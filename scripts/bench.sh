@@ -21,12 +21,13 @@
 # and vgem, up to 16 MiB) and sets its ratios beside the first run's: a
 # stability check, not a result.
 #
-# --fork: instead, the earlier comparison of fork() on the patched and the
-# unpatched debug kernels (the series threads a destination address through
-# fork's copy_pte_range()): BENCH_BOOTS (default 2) boots of each, under
-# -icount, the patched/unpatched ratio of the medians against the spread
-# between boots of one kernel. It stays on the debug kernels because there
-# is no unpatched benchmark kernel to compare with (one more full build).
+# --fork: instead, fork() and an mremap() move (the paths the series
+# changes: fork's copy_pte_range() takes a destination address, the move
+# goes through copy_vma() and the split check factored out) on the
+# benchmark kernel and on the same without the series (build-kernel.sh
+# unpatched-bench: debugging off too): BENCH_BOOTS (default 2) boots of each,
+# under -icount (the guest clock counts instructions), the patched/unpatched
+# ratio of the medians against the spread between boots of one kernel.
 #
 # --lockhold: instead, one boot of the benchmark kernel running
 # `mremap-dup-bench lockhold` (LOCKHOLD_ARGS, default a 256 MiB vgem buffer,
@@ -55,37 +56,40 @@ done
 fork_comparison() {
 	local boots=${BENCH_BOOTS:-2} out=$CACHE/results/bench-fork i k
 	export BOOT_QEMU_OPTS='-icount shift=0'
-	"$REPO/scripts/build-kernel.sh" patched
-	"$REPO/scripts/build-kernel.sh" unpatched
-	"$REPO/scripts/build-module.sh" patched >/dev/null
+	"$REPO/scripts/build-kernel.sh" bench
+	"$REPO/scripts/build-kernel.sh" unpatched-bench
 	rm -rf "$out"
 	mkdir -p "$out"
 	for i in $(seq "$boots"); do
-		for k in patched unpatched; do
+		for k in bench unpatched-bench; do
 			"$REPO/scripts/boot.sh" "$k" bench-fork "$out/fork-$k-$i"
 		done
 	done
 	python3 - "$out" "$boots" <<'EOF'
 import re, statistics, sys
 out, boots = sys.argv[1], int(sys.argv[2])
-med = {}
-for k in ("patched", "unpatched"):
-    med[k] = []
-    for i in range(1, boots + 1):
-        text = open(f"{out}/fork-{k}-{i}/bench.txt").read()
-        med[k].append(float(re.search(r"^fork.*median (\d+) us", text, re.M).group(1)))
-    print(f"fork medians, {k}: " + ", ".join(f"{m:.0f} us" for m in med[k]))
-p, u = statistics.median(med["patched"]), statistics.median(med["unpatched"])
-noise = max(max(v) / min(v) for v in med.values())
-ratio = p / u
-print(f"fork: patched {p:.0f} us, unpatched {u:.0f} us, ratio patched/unpatched {ratio:.3f}")
-print(f"boot-to-boot spread of one kernel (max/min of its medians): {noise:.3f}")
-if abs(ratio - 1) <= noise - 1:
-    print("fork: no difference beyond boot-to-boot noise")
-elif ratio > 1:
-    print("fork: patched SLOWER than boot-to-boot noise explains")
-else:
-    print("fork: patched faster than boot-to-boot noise explains")
+for what in ("fork", "mremap"):
+    med = {}
+    for k in ("bench", "unpatched-bench"):
+        med[k] = []
+        for i in range(1, boots + 1):
+            path = f"{out}/fork-{k}-{i}/bench.txt"
+            m = re.search(rf"^{what}.*median (\d+) us", open(path).read(), re.M)
+            if not m:
+                sys.exit(f"no {what} median in {path}: the boot did not finish the benchmark")
+            med[k].append(float(m.group(1)))
+        print(f"{what} medians, {k}: " + ", ".join(f"{m:.0f} us" for m in med[k]))
+    p, u = statistics.median(med["bench"]), statistics.median(med["unpatched-bench"])
+    noise = max(max(v) / min(v) for v in med.values())
+    ratio = p / u
+    print(f"{what}: patched {p:.0f} us, unpatched {u:.0f} us, ratio patched/unpatched {ratio:.3f}")
+    print(f"{what}: boot-to-boot spread of one kernel (max/min of its medians): {noise:.3f}")
+    if abs(ratio - 1) <= noise - 1:
+        print(f"{what}: no difference beyond boot-to-boot noise")
+    elif ratio > 1:
+        print(f"{what}: patched SLOWER than boot-to-boot noise explains")
+    else:
+        print(f"{what}: patched faster than boot-to-boot noise explains")
 EOF
 }
 

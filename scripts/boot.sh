@@ -1,6 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# boot.sh FLAVOUR MODE RESULTS: boot the patched|unpatched kernel under
+# boot.sh FLAVOUR MODE RESULTS: boot the FLAVOUR kernel (tree_for in lib.sh) under
 # virtme-ng with all four DRM cards (vgem, virtio-gpu, bochs, qxl) and run
 # scripts/guest-test.sh MODE in it, collecting results into RESULTS.
 #

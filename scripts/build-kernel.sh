@@ -1,14 +1,16 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# build-kernel.sh [patched|unpatched|bench]: apply the series (patched and
-# bench), configure from ci/kernel.config.fragment (bench:
-# ci/bench.config.fragment) and build incrementally.
+# build-kernel.sh [patched|unpatched|bench|unpatched-bench]: apply the
+# series (patched and bench), configure from ci/kernel.config.fragment
+# (bench, unpatched-bench: ci/bench.config.fragment) and build incrementally.
 #
 # bench is the benchmark kernel (scripts/bench.sh): the patched tree's source
 # (bench/src is a symlink to ../patched/src) built with debugging off into
 # its own bench/out. It applies the series as patched does and shares the
 # patched tree's series.applied marker: applying it a second time would
 # rewrite the files and rebuild the debug kernel from scratch.
+# unpatched-bench is the same without the series (unpatched/src), for
+# scripts/bench.sh --fork.
 #
 # The build dir is kept: the series or the fragment changing triggers only
 # what it must (re-apply, reconfigure); make and ccache do the rest.
@@ -30,7 +32,7 @@ required="CONFIG_RUST=y CONFIG_KUNIT=y CONFIG_KASAN=y CONFIG_PROVE_LOCKING=y
 	CONFIG_MEM_SOFT_DIRTY=y CONFIG_DEV_DAX_HMEM=y"
 # Options it must not have.
 forbidden="CONFIG_DEV_DAX_KMEM=y"
-if [ "$flavour" = bench ]; then
+if [ "$flavour" = bench ] || [ "$flavour" = unpatched-bench ]; then
 	fragment=$REPO/ci/bench.config.fragment
 	series_tree=$TREE_PATCHED
 	required="CONFIG_RUST=y CONFIG_DRM_VGEM=y CONFIG_DRM_QXL=y CONFIG_DRM_VIRTIO_GPU=y
@@ -40,7 +42,11 @@ if [ "$flavour" = bench ]; then
 		CONFIG_PAGE_TABLE_CHECK=y CONFIG_KUNIT=y CONFIG_FAULT_INJECTION=y
 		CONFIG_DEBUG_KMEMLEAK=y CONFIG_DEBUG_ATOMIC_SLEEP=y"
 	mkdir -p "$tree"
-	[ -L "$src" ] || ln -s ../patched/src "$src"
+	if [ "$flavour" = bench ]; then
+		[ -L "$src" ] || ln -s ../patched/src "$src"
+	else
+		[ -L "$src" ] || ln -s ../unpatched/src "$src"
+	fi
 fi
 [ -d "$src/.git" ] || "$REPO/scripts/fetch-kernel.sh"
 

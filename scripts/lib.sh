@@ -52,7 +52,7 @@ timed() {
 	return $rc
 }
 
-# tree_for patched|unpatched|mutant|bench -> the directory holding src/ and out/
+# tree_for patched|unpatched|mutant|bench|unpatched-bench -> the directory holding src/ and out/
 tree_for() {
 	case $1 in
 	patched) echo "$TREE_PATCHED" ;;
@@ -62,6 +62,9 @@ tree_for() {
 	# scripts/bench.sh: the patched source (bench/src -> ../patched/src),
 	# built without debugging (ci/bench.config.fragment) into bench/out.
 	bench) echo "$CACHE/bench" ;;
+	# scripts/bench.sh --fork: the unpatched source (unpatched-bench/src ->
+	# ../unpatched/src) built as bench is, into unpatched-bench/out.
+	unpatched-bench) echo "$CACHE/unpatched-bench" ;;
 	*) die "unknown kernel flavour '$1'" ;;
 	esac
 }

@@ -77,6 +77,7 @@ mod card;
 const FORK_SHARED: usize = 16 << 20;
 const FORK_PRIVATE: usize = 64 << 20;
 const FORK_ROUNDS: usize = 21;
+const MOVE_LEN: usize = 16 << 20;
 const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
 
 fn page() -> usize {
@@ -462,11 +463,11 @@ fn parse_opts(args: &[String]) -> Opts {
 /// timed part.
 type Method<'a> = (&'static str, Box<dyn FnMut() -> Duration + 'a>);
 
-/// Runs `methods` in rounds, each method once per round in turn, so that
-/// whatever slows the machine down for a while (the host is shared) weighs
-/// on all of them alike: one round untimed to warm up, then at least
-/// `reps.min` rounds and more until `reps.budget` per method was spent, at
-/// most `reps.max`. Prints per method an `R` line (statistics, the median
+/// Runs `methods` in rounds, each method once per round in turn (each round
+/// starting one method further on), so that whatever slows the machine
+/// down for a while (the host is shared) weighs on all of them alike: one
+/// round untimed to warm up, then at least `reps.min` rounds and more until
+/// `reps.budget` per method was spent, at most `reps.max`. Prints per method an `R` line (statistics, the median
 /// number of page faults) and a `T` line (the times in round order, for
 /// ratios of pairs from the same round).
 fn measure_rounds(reps: Reps, prefix: &str, mut methods: Vec<Method>) {
@@ -478,9 +479,15 @@ fn measure_rounds(reps: Reps, prefix: &str, mut methods: Vec<Method>) {
     let mut t: Vec<Vec<u64>> = vec![Vec::new(); methods.len()];
     let mut nf: Vec<Vec<u64>> = vec![Vec::new(); methods.len()];
     let mut rounds = 0;
+    let n = methods.len();
     while rounds < reps.max && (rounds < reps.min || start.elapsed() < budget) {
-        for (i, (_, f)) in methods.iter_mut().enumerate() {
-            t[i].push(f().as_nanos() as u64);
+        // Each round starts one method further on: the work a method leaves
+        // behind (frees deferred to RCU, run in softirqs later) is then
+        // counted in turn against each of the others, not always against
+        // the one after it (steady_shadow after steady_dup).
+        for k in 0..n {
+            let i = (rounds + k) % n;
+            t[i].push((methods[i].1)().as_nanos() as u64);
             nf[i].push(LAST_FAULTS.load(Ordering::Relaxed));
         }
         rounds += 1;
@@ -682,9 +689,8 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
     m.push((
         "pass_orig",
         Box::new(|| {
-            // A first pass too: the previous method's munmap flushed the TLB
-            // (QEMU's TLB too, which is what the duplicate's first touch
-            // above filled).
+            // A first pass too: other methods' munmaps flushed the TLB
+            // (QEMU's TLB too, which pass_dup's first touch filled).
             touch_read(orig, len);
             time(|| {
                 std::hint::black_box(touch_read(orig, len));
@@ -904,6 +910,48 @@ fn fork_cost() {
         t[0],
         t[FORK_ROUNDS - 1]
     );
+    munmap(shared, FORK_SHARED);
+    munmap(private, FORK_PRIVATE);
+    move_cost();
+}
+
+/// mremap(MREMAP_MAYMOVE|MREMAP_FIXED) of a populated private anonymous
+/// mapping of small pages back and forth between two places of a
+/// reservation, one and two pages off a PMD boundary, so that
+/// move_page_tables() moves PTEs (move_ptes()) rather than whole PMD
+/// tables: the move path of mremap.c and copy_vma(), which the series
+/// changes. Printed as fork_cost()'s line is.
+fn move_cost() {
+    let len = MOVE_LEN;
+    let pmd = 2 << 20;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let area = mmap(0, 2 * len + 3 * pmd, libc::PROT_NONE, flags, -1, 0).expect("mmap");
+    let a = area.div_ceil(pmd) * pmd + page();
+    let b = a + len + pmd + page();
+    let src = mmap(a, len, RW, flags | libc::MAP_FIXED, -1, 0).expect("mmap");
+    // SAFETY: our own mapping; small pages, which move one PTE at a time.
+    unsafe { libc::madvise(src as *mut _, len, libc::MADV_NOHUGEPAGE) };
+    touch_write(src, len, 1);
+    let mut t: Vec<f64> = (0..FORK_ROUNDS)
+        .map(|i| {
+            let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
+            let start = Instant::now();
+            // SAFETY: moves our own mapping onto our own reservation.
+            let r = unsafe { mremap_raw(from, len, len, F::MAYMOVE | F::FIXED, to) };
+            let us = start.elapsed().as_secs_f64() * 1e6;
+            assert_eq!(r, Ok(to), "mremap move");
+            us
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "mremap() move of {} MiB private populated, PTE by PTE: median {:.0} us (min {:.0}, max {:.0}, {FORK_ROUNDS} rounds)",
+        len >> 20,
+        t[FORK_ROUNDS / 2],
+        t[0],
+        t[FORK_ROUNDS - 1]
+    );
+    munmap(area, 2 * len + 3 * pmd);
 }
 
 /// A vgem dumb buffer of `len` bytes (one 4096-byte row a page), mapped
