@@ -36,6 +36,9 @@ METHOD_LABEL = {
     "steady_shadow": "steady state, shadow (per cycle)",
     "dup_empty": "DUP, no present entries",
     "mmap": "mmap(fd) alone",
+    "clean_dup_write": "after fdatasync: DUP + write",
+    "clean_orig_write": "after fdatasync: write via original",
+    "clean_mmap_write": "after fdatasync: mmap(fd) + write",
 }
 
 # (column title, numerator, denominator)
@@ -54,6 +57,13 @@ TABLE_B = [
     ("munmap dup / munmap mmap", "munmap_dup", "munmap_mmap"),
     ("2nd pass: dup / orig", "pass_dup", "pass_orig"),
     ("steady: DUP reused / shadow", "steady_dup", "steady_shadow"),
+]
+# A file with writeback, every page clean (so mapped read-only) first.
+TABLE_C = [
+    ("DUP+write / write via original", "clean_dup_write", "clean_orig_write"),
+    ("DUP+write / mmap+write", "clean_dup_write", "clean_mmap_write"),
+    ("DUP+write / memcpy", "clean_dup_write", "copy_in"),
+    ("write via original / memcpy", "clean_orig_write", "copy_in"),
 ]
 
 
@@ -130,21 +140,27 @@ def kinds_sizes(res):
     return kinds, {k: sorted(v) for k, v in sizes.items()}
 
 
-def table(res, cols, title):
+def table(res, cols, title, intro=None):
+    """One row per kind and size that has at least one of the ratios."""
     kinds, sizes = kinds_sizes(res)
-    out = [f"### {title}", ""]
-    out.append("| kind | size | " + " | ".join(c[0] for c in cols) + " |")
-    out.append("| --- | --- |" + " --- |" * len(cols))
+    rows = []
     for k in kinds:
         for s in sizes[k]:
-            cells = [fmt(ratio(res, k, s, num, den)) for _, num, den in cols]
-            out.append(f"| {k} | {size_str(s)} | " + " | ".join(cells) + " |")
-    return out + [""]
+            r = [ratio(res, k, s, num, den) for _, num, den in cols]
+            if any(x is not None for x in r):
+                rows.append(f"| {k} | {size_str(s)} | " + " | ".join(fmt(x) for x in r) + " |")
+    if not rows:
+        return []
+    out = [f"### {title}", ""] + ([intro, ""] if intro else [])
+    out.append("| kind | size | " + " | ".join(c[0] for c in cols) + " |")
+    out.append("| --- | --- |" + " --- |" * len(cols))
+    return out + rows + [""]
 
 
 def faults_table(res):
     kinds, sizes = kinds_sizes(res)
-    methods = ["dup_read", "dup_write", "mmap_read", "mmap_write", "legacy_read", "pass_dup"]
+    methods = ["dup_read", "dup_write", "mmap_read", "mmap_write", "legacy_read", "pass_dup",
+               "clean_dup_write", "clean_orig_write", "clean_mmap_write"]
     out = [
         "### Page faults per page touched (median run; explains the ratios above, not itself a timing)",
         "",
@@ -204,6 +220,14 @@ def headlines(res, vmas):
             if r:
                 parts.append(f"{k} {r}")
         out.append(f"- {title}: " + ("; ".join(parts) if parts else "no size in range measured"))
+    parts = []
+    for k, ss in big:
+        r = rng([ratio(res, k, s, "clean_dup_write", "clean_orig_write") for s in ss])
+        if r:
+            parts.append(f"{k} {r}")
+    if parts:
+        out.append("- after fdatasync (every page clean, mapped read-only), DUP + first write of every page "
+                   "/ writing every page through the original, 16 MiB-1 GiB: " + "; ".join(parts))
     parts = []
     for k in kinds:
         r = [ratio(res, k, s, "dup_empty", "mmap") for s in sizes[k]]
@@ -326,6 +350,12 @@ def main():
     out += headlines(res, vmas)
     out += table(res, TABLE_A, "A second view and its first touch")
     out += table(res, TABLE_B, "Setup alone, teardown, use after the first touch, steady state")
+    out += table(res, TABLE_C, "A file with writeback, after fdatasync: every page clean",
+                 "A clean page of a file with writeback is mapped read-only in every mapping "
+                 "(the filesystem's ->page_mkwrite hears of the first write), the original's too, "
+                 "and a duplicate copies the original's entries as they are: its first write to "
+                 "each page faults, as the original's does. A fresh mmap() faults too, but maps "
+                 "a whole large folio writable per fault.")
     out += vma_table(vmas)
     out += faults_table(res)
     if "--check" in args:

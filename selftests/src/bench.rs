@@ -190,6 +190,9 @@ struct Object {
     len: usize,
     /// Run when the object goes (BO handles, files).
     cleanup: Option<Box<dyn FnOnce()>>,
+    /// A file whose pages are written back (ext4): fdatasync() makes every
+    /// page clean.
+    writeback: bool,
 }
 
 impl Drop for Object {
@@ -213,6 +216,7 @@ impl Object {
             orig,
             len,
             cleanup: None,
+            writeback: false,
         })
     }
 
@@ -303,6 +307,7 @@ impl Kind {
                 o.cleanup = Some(Box::new(move || {
                     let _ = std::fs::remove_file(&path);
                 }));
+                o.writeback = true;
                 o
             }
             Kind::Vgem => {
@@ -697,6 +702,63 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
             })
         }),
     ));
+    // A file with writeback: once a page is written back, it is clean and
+    // the filesystem wants to hear of the next write to it (->page_mkwrite),
+    // so every mapping of it maps it read-only, the original too, and a
+    // duplicate copies the original's entries as they are. Which pages of
+    // the original are clean depends on when writeback ran; fdatasync()
+    // first makes them all clean. Then writing every page through the
+    // duplicate, through the original itself and through a second mmap(),
+    // each from that same state.
+    // Each run writes the whole file back first: up to 256 MiB (at 1 GiB
+    // that is tens of seconds a run under TCG, through the loop device).
+    let clean_max = 256 << 20;
+    if obj.writeback && len > clean_max {
+        for m in ["clean_dup_write", "clean_orig_write", "clean_mmap_write"] {
+            skip(
+                m,
+                "above 256 MiB: fdatasync() of the whole file before each run",
+            );
+        }
+    }
+    if let (true, true, Some((fd, _))) = (obj.writeback, len <= clean_max, &obj.fd) {
+        let fd = fd.as_raw_fd();
+        let clean = move || {
+            // SAFETY: a plain system call on an open fd.
+            assert_eq!(unsafe { libc::fdatasync(fd) }, 0, "fdatasync");
+        };
+        m.push((
+            "clean_dup_write",
+            Box::new(move || {
+                clean();
+                let t = time(|| {
+                    dup_fixed(orig, len, res).expect("DUP");
+                    touch_write(res, len, 4);
+                });
+                rereserve(res, len);
+                t
+            }),
+        ));
+        m.push((
+            "clean_orig_write",
+            Box::new(move || {
+                clean();
+                time(|| touch_write(orig, len, 5))
+            }),
+        ));
+        m.push((
+            "clean_mmap_write",
+            Box::new(move || {
+                clean();
+                let t = time(|| {
+                    obj.map_at(res, 0);
+                    touch_write(res, len, 6);
+                });
+                rereserve(res, len);
+                t
+            }),
+        ));
+    }
     // The WoW64 steady state, per cycle.
     let n = o.cycles;
     if len <= o.steady_max {
