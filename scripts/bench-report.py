@@ -276,7 +276,7 @@ def plots(res, outdir):
             ys = [r["med"] / 1e3 for _, r in pts]
             lo = [(r["med"] - r["p25"]) / 1e3 for _, r in pts]
             hi = [(r["p75"] - r["med"]) / 1e3 for _, r in pts]
-            ls = "-" if m.startswith(("dup", "steady_dup", "munmap_dup", "pass_dup")) else "--"
+            ls = "-" if m.startswith(("dup", "steady_dup", "munmap_dup", "pass_dup", "clean_dup")) else "--"
             ax.errorbar(xs, ys, yerr=[lo, hi], label=METHOD_LABEL[m], marker=markers[i % len(markers)],
                         linestyle=ls, markersize=4, capsize=2, color=plt.cm.tab20(i % 20))
         ax.set_xscale("log", base=2)
