@@ -233,7 +233,11 @@ def headlines(res, vmas):
         r = [ratio(res, k, s, "dup_empty", "mmap") for s in sizes[k]]
         e = [res.get((k, s, "dup_empty")) for s in sizes[k]]
         e = [x for x in e if x]
+        mm = [res.get((k, s, "mmap")) for s in sizes[k]]
+        mm = [x for x in mm if x]
         flat = f", DUP at {size_str(sizes[k][-1])} / at {size_str(sizes[k][0])} {e[-1]['med'] / e[0]['med']:.2f}" if len(e) > 1 else ""
+        if flat and len(mm) > 1:
+            flat += f" (mmap(fd) {mm[-1]['med'] / mm[0]['med']:.2f})"
         if rng(r):
             parts.append(f"{k} {rng(r)}{flat}")
     out.append("- DUP of a mapping with no present entries / a second mmap(fd), all sizes: " + "; ".join(parts))
