@@ -32,6 +32,7 @@ METHOD_LABEL = {
     "munmap_mmap": "munmap of the 2nd mmap",
     "pass_dup": "2nd pass via duplicate",
     "pass_orig": "2nd pass via original",
+    "first_pass_orig": "1st pass via original after a TLB flush",
     "steady_dup": "steady state, DUP reused (per cycle)",
     "steady_shadow": "steady state, shadow (per cycle)",
     "dup_empty": "DUP, no present entries",
@@ -56,6 +57,7 @@ TABLE_B = [
     ("DUP (present) / mmap", "dup", "mmap"),
     ("munmap dup / munmap mmap", "munmap_dup", "munmap_mmap"),
     ("2nd pass: dup / orig", "pass_dup", "pass_orig"),
+    ("1st pass after a flush, orig / DUP+read", "first_pass_orig", "dup_read"),
     ("steady: DUP reused / shadow", "steady_dup", "steady_shadow"),
 ]
 # A file with writeback, every page clean (so mapped read-only) first.
