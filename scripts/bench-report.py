@@ -109,8 +109,9 @@ def quantile(v, q):
 
 def paired(a, b):
     """The median of the ratios of the times of one round (the two methods
-    ran one after the other), and half their interquartile range, relative;
-    the ratio of the medians when there are no round times."""
+    ran in the same round), and half their interquartile range, relative;
+    the ratio of the medians when there are no round times of both in the
+    same rounds (methods measured in rounds of their own)."""
     if not a or not b or not b.get("med"):
         return None
     ta, tb = a.get("times"), b.get("times")
@@ -343,7 +344,7 @@ def main():
     out += [
         "Every number is a ratio of two costs measured in the same run, in the same process "
         "(below 1: the MREMAP_DUP side is cheaper). The methods on one object run in rounds, "
-        "each once per round in turn; a ratio is the median over the rounds of the ratio of the "
+        "each once per round, in a shuffled order of its own; a ratio is the median over the rounds of the ratio of the "
         "two methods' times in one round, ± half the interquartile range of those ratios, "
         "relative (across the VMA counts: the ratio of medians, ± the larger half interquartile "
         "range). "

@@ -33,10 +33,14 @@
 //! and, for a 64 KiB memfd, `dup` and `mmap` against the number of VMAs in
 //! the process (`--vmas`).
 //!
-//! The methods on one object run in rounds, each once per round in turn:
-//! first `dup`, `mmap` and `dup_empty`, the syscalls alone, then the
-//! rest, which touch every page and whose deferred frees would otherwise be
-//! counted in those syscalls' times.
+//! The methods on one object run in rounds, each once per round, in an
+//! order shuffled anew for each round (from a fixed seed). The rounds come
+//! in groups, so that no method pays for work another leaves behind that
+//! it does not leave itself: `mmap` and `dup_empty`, the syscalls alone
+//! (deferred frees of page tables and VMA tree nodes); `dup` of the
+//! present original; the methods that touch every page; for ext4, the
+//! methods that start from clean pages (which leave the original's entries
+//! read-only).
 //! Output, one line each, tab-separated: `R kind size method median p25 p75
 //! min max n faults` (nanoseconds; the median number of page faults in the
 //! timed part), `T kind size method t1,t2,...` (the times in round order),
@@ -468,13 +472,34 @@ fn parse_opts(args: &[String]) -> Opts {
 /// timed part.
 type Method<'a> = (&'static str, Box<dyn FnMut() -> Duration + 'a>);
 
-/// Runs `methods` in rounds, each method once per round in turn (each round
-/// starting one method further on), so that whatever slows the machine
-/// down for a while (the host is shared) weighs on all of them alike: one
-/// round untimed to warm up, then at least `reps.min` rounds and more until
-/// `reps.budget` per method was spent, at most `reps.max`. Prints per method an `R` line (statistics, the median
-/// number of page faults) and a `T` line (the times in round order, for
-/// ratios of pairs from the same round).
+/// The order of the methods in each round: a Fisher-Yates shuffle driven by
+/// xorshift64*, from a fixed seed so that a run can be repeated.
+struct RoundOrder(u64);
+
+impl RoundOrder {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn shuffled(&mut self, n: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+        order
+    }
+}
+
+/// Runs `methods` in rounds, each method once per round, so that whatever
+/// slows the machine down for a while (the host is shared) weighs on all
+/// of them alike: one round untimed to warm up, then at least `reps.min`
+/// rounds and more until `reps.budget` per method was spent, at most
+/// `reps.max`. Prints per method an `R` line (statistics, the median number
+/// of page faults) and a `T` line (the times in round order, for ratios of
+/// pairs from the same round).
 fn measure_rounds(reps: Reps, prefix: &str, mut methods: Vec<Method>) {
     for (_, f) in methods.iter_mut() {
         f();
@@ -484,14 +509,16 @@ fn measure_rounds(reps: Reps, prefix: &str, mut methods: Vec<Method>) {
     let mut t: Vec<Vec<u64>> = vec![Vec::new(); methods.len()];
     let mut nf: Vec<Vec<u64>> = vec![Vec::new(); methods.len()];
     let mut rounds = 0;
-    let n = methods.len();
+    let mut order = RoundOrder(0x9e37_79b9_7f4a_7c15);
     while rounds < reps.max && (rounds < reps.min || start.elapsed() < budget) {
-        // Each round starts one method further on: the work a method leaves
-        // behind (frees deferred to RCU, run in softirqs later) is then
-        // counted in turn against each of the others, not always against
-        // the one after it (steady_shadow after steady_dup).
-        for k in 0..n {
-            let i = (rounds + k) % n;
+        // Each round runs the methods in an order of its own. What a method
+        // leaves behind weighs on the one after it: frees deferred to RCU,
+        // and under TCG the host's caches and QEMU's TLB, which a method that
+        // copies the buffer several times fills. In one fixed order (a
+        // rotation keeps it), a method always follows the same one: DUP +
+        // read of a 16 MiB memfd, always after steady_shadow, took 2.4 ms
+        // (median), and 1.2 ms in a run without the steady-state methods.
+        for i in order.shuffled(methods.len()) {
             t[i].push((methods[i].1)().as_nanos() as u64);
             nf[i].push(LAST_FAULTS.load(Ordering::Relaxed));
         }
@@ -535,10 +562,16 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
     // tables and VMA tree nodes freed by RCU, whose callbacks then run in
     // softirqs during whatever syscall comes next, and would be counted as
     // part of a DUP or an mmap() of a few microseconds (16 cycles of
-    // steady_dup made a later DUP of 256 KiB 4 times slower).
+    // steady_dup made a later DUP of 256 KiB 4 times slower). A DUP of the
+    // fully present original leaves the same work (the page tables of the
+    // duplicate it unmaps): it runs in rounds of its own too (`dup_m`), or
+    // the no-entries DUP or the mmap() after it would pay for it (at 1 GiB,
+    // about 100 us against 10-25).
     let mut calls: Vec<Method> = Vec::new();
+    let mut dup_m: Vec<Method> = Vec::new();
     let mut m: Vec<Method> = Vec::new();
-    calls.push((
+    let mut clean_m: Vec<Method> = Vec::new();
+    dup_m.push((
         "dup",
         Box::new(|| {
             let t = time(|| {
@@ -709,7 +742,9 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
     // the original are clean depends on when writeback ran; fdatasync()
     // first makes them all clean. Then writing every page through the
     // duplicate, through the original itself and through a second mmap(),
-    // each from that same state.
+    // each from that same state, in rounds of their own: these leave the
+    // original's entries read-only (the methods in `m` start from every
+    // page written through the original).
     // Each run writes the whole file back first: up to 256 MiB (at 1 GiB
     // that is tens of seconds a run under TCG, through the loop device).
     let clean_max = 256 << 20;
@@ -727,7 +762,7 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
             // SAFETY: a plain system call on an open fd.
             assert_eq!(unsafe { libc::fdatasync(fd) }, 0, "fdatasync");
         };
-        m.push((
+        clean_m.push((
             "clean_dup_write",
             Box::new(move || {
                 clean();
@@ -739,14 +774,14 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
                 t
             }),
         ));
-        m.push((
+        clean_m.push((
             "clean_orig_write",
             Box::new(move || {
                 clean();
                 time(|| touch_write(orig, len, 5))
             }),
         ));
-        m.push((
+        clean_m.push((
             "clean_mmap_write",
             Box::new(move || {
                 clean();
@@ -763,8 +798,8 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
     // touched duplicate of the same size): what a first touch costs that
     // the duplicate's entries do not explain. The original's entries are
     // young and dirty; the duplicate's are copied old (and clean, for a
-    // shared mapping) as fork()'s are, so its first touch also sets the
-    // accessed (and dirty) bits.
+    // shared mapping) as fork()'s are, which under TCG costs nothing
+    // measurable (an A/B with a kernel that kept the bits, README).
     m.push((
         "first_pass_orig",
         Box::new(|| {
@@ -851,8 +886,11 @@ fn bench_object(o: &Opts, kind: &str, obj: &Object, shadow: usize, res: usize) {
     }
     // A pause first, in which the previous object's RCU callbacks run.
     std::thread::sleep(Duration::from_millis(200));
-    measure_rounds(reps, &format!("{kind}\t{len}"), calls);
-    measure_rounds(reps, &format!("{kind}\t{len}"), m);
+    for group in [calls, dup_m, m, clean_m] {
+        if !group.is_empty() {
+            measure_rounds(reps, &format!("{kind}\t{len}"), group);
+        }
+    }
 }
 
 /// `dup` and `mmap` of a 64 KiB memfd with `n` more VMAs in the process.
