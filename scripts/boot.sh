@@ -7,8 +7,8 @@
 # KVM is used when it works here; otherwise TCG (the choice is cached), and
 # the choice is always said, with why (TCG is the norm on a machine whose
 # nested KVM is broken); a boot that fails under KVM is said so and redone
-# under TCG. The choice is also written to RESULTS/accel.txt, which
-# parse-results.py prints.
+# under TCG, at once if QEMU reports a KVM internal error (kvm_watch). The
+# choice is also written to RESULTS/accel.txt, which parse-results.py prints.
 # Only the known early-boot KASAN report of toolchain.md (under TCG; it also
 # turns lockdep off) makes a boot worth retrying (up to 8 boots), and said so;
 # if it persists the tests run on a boot that had it, and it counts as a
@@ -75,7 +75,12 @@ boot_once() {
 	# The QEMU of the boot is killed on the writing side of the pipe, as soon
 	# as timeout returns: a QEMU that left the process group would otherwise
 	# keep the pipe, and this function, waiting.
-	local limit=${BOOT_TIMEOUT:-3000}
+	local limit=${BOOT_TIMEOUT:-3000} watcher=
+	: >"$results.console.log"
+	if [ "$accel" = kvm ]; then
+		kvm_watch &
+		watcher=$!
+	fi
 	(
 		cd "$REPO" || exit 1
 		vrc=0
@@ -91,8 +96,27 @@ boot_once() {
 		exit "$vrc"
 	) | tee "$results.console.log" |
 		{ grep -E '^(ok|not ok|# Totals|MREMAP_DUP|memfd|wrote|vgem)' || true; } || true
+	if [ -n "$watcher" ]; then
+		kill "$watcher" 2>/dev/null || true
+		wait "$watcher" 2>/dev/null || true
+	fi
 	echo "$accel ($accel_why)" >"$results/accel.txt"
 	[ -f "$results/done" ]
+}
+
+# kvm_watch: a guest under nested KVM can stop on "KVM internal error" after
+# the probe below found KVM working (seen here: an emulation failure on a
+# lock cmpxchg16b of SLUB's, early in the boot). QEMU stays up, so the boot
+# would wait out BOOT_TIMEOUT (50 minutes). Kill its QEMU as soon as its
+# output says so: the boot fails and is redone under TCG.
+kvm_watch() {
+	while sleep 2; do
+		if grep -qs "KVM internal error" "$results.console.log"; then
+			log "KVM internal error in the guest: stopping its QEMU"
+			kill_qemu
+			return
+		fi
+	done
 }
 
 # kill_qemu: the QEMU of the last boot, if it outlived vng and timeout.

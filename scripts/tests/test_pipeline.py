@@ -15,6 +15,7 @@ Runs on the host in well under a minute, without a kernel build or a guest:
 - fetch-kernel.sh resolving a pinned version that left the archive (fake
   apt-cache), and its check that the series applies;
 - boot.sh with a fake vng: a hung guest and its QEMU killed at the timeout,
+  a guest stopped by a KVM internal error killed at once and redone under TCG,
   only the known early-boot KASAN report retried, a KVM failure said so.
 """
 
@@ -507,6 +508,12 @@ if mode == "hang":
     open(os.path.join(cache, "other.pid"), "w").write(str(other.pid))
     open(os.path.join(cache, "qemu.pid"), "w").write(str(q.pid))
     time.sleep(600)
+if mode == "kvm-internal-error" and "--disable-kvm" not in args:
+    # QEMU reports the error and stays up with the guest stopped.
+    q = qemu(False)
+    open(pidfile, "w").write(str(q.pid))
+    print("KVM internal error. Suberror: 1\nemulation failure", flush=True)
+    sys.exit(1 if q.wait() else 0)
 if mode == "kvm-broken" and "--disable-kvm" not in args:
     print("qemu-system-x86_64: error: failed to set MSR 0x10a")
     sys.exit(1)
@@ -580,6 +587,17 @@ class Boot(Sandbox):
         self.assertIn("WARNING: no result under KVM: falling back to TCG", out)
         with open(os.path.join(self.results, "accel.txt")) as f:
             self.assertIn("tcg (fell back", f.read())
+        with open(os.path.join(self.cache, "accel")) as f:
+            self.assertEqual(f.read().strip(), "tcg")
+
+    def test_kvm_internal_error_stops_the_boot(self):
+        write(os.path.join(self.cache, "accel"), "kvm\n")
+        t0 = time.monotonic()
+        rc, out = self.run_script("boot.sh", "patched", "test", self.results, env={"FAKE_VNG": "kvm-internal-error"})
+        self.assertLess(time.monotonic() - t0, 60, out)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("KVM internal error in the guest: stopping its QEMU", out)
+        self.assertEqual([b.split()[0] for b in self.boots()], ["kvm", "tcg"], out)
         with open(os.path.join(self.cache, "accel")) as f:
             self.assertEqual(f.read().strip(), "tcg")
 
