@@ -11,6 +11,10 @@ set -euo pipefail
 
 src=$TREE_PATCHED/src
 [ -d "$src/.git" ] || "$REPO/scripts/fetch-kernel.sh"
+# checkpatch.pl runs scripts/spdxcheck.py on each file a patch adds, and
+# only prints a traceback when it cannot (setup.sh installs its modules).
+python3 -c 'import ply, git' 2>/dev/null ||
+	die "python3 ($(command -v python3)) lacks ply or GitPython: run scripts/setup.sh"
 fail=0
 while read -r p; do
 	if (cd "$src" && ./scripts/checkpatch.pl --strict -q "$REPO/patches/$p"); then

@@ -22,6 +22,8 @@ SEABIOSV=1.16.3-2~bpo12+1
 BINDGEN_VERSION=0.73.2
 VNG_VERSION=1.42
 MATPLOTLIB_VERSION=3.11.2
+PLY_VERSION=3.11
+GITPYTHON_VERSION=3.2.1
 
 # Two trees and two build dirs, laid out so that the path of the source
 # seen from the build dir is the same ("../src") for both: with

@@ -111,9 +111,18 @@ plotting() {
 		log "matplotlib not installed: scripts/bench.sh will write no plots"
 }
 
+# ply and GitPython in the same venv (first in PATH, lib.sh), for the
+# kernel's scripts/spdxcheck.py, which checkpatch.pl runs on every file a
+# patch adds: without them it prints a traceback and checks nothing.
+spdxcheck_deps() {
+	"$CACHE/venv/bin/python3" -c 'import ply, git' 2>/dev/null && return 0
+	"$CACHE/venv/bin/pip" install -q "ply==$PLY_VERSION" "GitPython==$GITPYTHON_VERSION"
+}
+
 timed "apt sources" apt_sources
 timed "apt packages" apt_packages
 timed "rust userspace toolchain + bindgen" rust_userspace
 timed "virtme-ng venv" virtme_ng
 timed "matplotlib" plotting
+timed "spdxcheck modules" spdxcheck_deps
 log "setup complete"
