@@ -7,8 +7,9 @@
 # KVM is used when it works here; otherwise TCG (the choice is cached), and
 # the choice is always said, with why (TCG is the norm on a machine whose
 # nested KVM is broken); a boot that fails under KVM is said so and redone
-# under TCG, at once if QEMU reports a KVM internal error (kvm_watch). The
-# choice is also written to RESULTS/accel.txt, which parse-results.py prints.
+# under TCG, early if QEMU reports a KVM internal error or the guest does
+# not begin (kvm_watch). The choice is also written to RESULTS/accel.txt,
+# which parse-results.py prints.
 # Only the known early-boot KASAN report of toolchain.md (under TCG; it also
 # turns lockdep off) makes a boot worth retrying (up to 8 boots), and said so;
 # if it persists the tests run on a boot that had it, and it counts as a
@@ -31,6 +32,7 @@ accel_file=$CACHE/accel
 # BOOT_MEMORY: the guest's memory (default 2G; scripts/bench.sh: 4G).
 # BOOT_CPUS: its CPUs (default 2; scripts/mutants.sh --shard: 1 per shard).
 # BOOT_TIMEOUT: seconds before a boot is given up (default 3000).
+# KVM_BOOT_LIMIT: seconds a guest under KVM has to begin (default 300).
 # BOOT_QXL_OPTS: properties of the qxl device (scripts/bench.sh:
 # ",ram_size_mb=512", the BAR that QXL's TTM VRAM domain manages; default 64).
 # ivshmem-plain: 8 MiB of shared memory in BAR 2, which guest-test.sh binds
@@ -104,18 +106,29 @@ boot_once() {
 	[ -f "$results/done" ]
 }
 
-# kvm_watch: a guest under nested KVM can stop on "KVM internal error" after
-# the probe below found KVM working (seen here: an emulation failure on a
-# lock cmpxchg16b of SLUB's, early in the boot). QEMU stays up, so the boot
-# would wait out BOOT_TIMEOUT (50 minutes). Kill its QEMU as soon as its
-# output says so: the boot fails and is redone under TCG.
+# kvm_watch: a guest under nested KVM can fail after the probe below found
+# KVM working, in two ways seen here on fresh machines: QEMU reports a "KVM
+# internal error" (an emulation failure on a lock cmpxchg16b of SLUB's,
+# early in the boot) and stays up; or QEMU spins at 100 % CPU and the guest
+# never starts (toolchain.md). Either way the boot would wait out
+# BOOT_TIMEOUT (50 minutes). Kill its QEMU when its output reports the
+# error, or when the guest has not begun (dmesg-boot.txt, the first thing
+# guest-test.sh writes) within KVM_BOOT_LIMIT seconds (default 300; under
+# TCG the debug kernel's guest begins in about 90 s here). The boot then
+# fails and is redone under TCG.
 kvm_watch() {
-	while sleep 2; do
+	local waited=0 limit=${KVM_BOOT_LIMIT:-300}
+	while sleep 1; do
+		waited=$((waited + 1))
 		if grep -qs "KVM internal error" "$results.console.log"; then
 			log "KVM internal error in the guest: stopping its QEMU"
-			kill_qemu
-			return
+		elif [ ! -e "$results/dmesg-boot.txt" ] && [ "$waited" -ge "$limit" ]; then
+			log "no sign of the guest under KVM after $limit s: stopping its QEMU"
+		else
+			continue
 		fi
+		kill_qemu
+		return
 	done
 }
 

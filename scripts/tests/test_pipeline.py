@@ -15,7 +15,8 @@ Runs on the host in well under a minute, without a kernel build or a guest:
 - fetch-kernel.sh resolving a pinned version that left the archive (fake
   apt-cache), and its check that the series applies;
 - boot.sh with a fake vng: a hung guest and its QEMU killed at the timeout,
-  a guest stopped by a KVM internal error killed at once and redone under TCG,
+  a guest stopped by a KVM internal error, or that never begins under KVM,
+  killed early and redone under TCG,
   only the known early-boot KASAN report retried, a KVM failure said so.
 """
 
@@ -514,6 +515,11 @@ if mode == "kvm-internal-error" and "--disable-kvm" not in args:
     open(pidfile, "w").write(str(q.pid))
     print("KVM internal error. Suberror: 1\nemulation failure", flush=True)
     sys.exit(1 if q.wait() else 0)
+if mode == "kvm-no-guest" and "--disable-kvm" not in args:
+    # QEMU spins and the guest never begins: no output, no dmesg-boot.txt.
+    q = qemu(False)
+    open(pidfile, "w").write(str(q.pid))
+    sys.exit(1 if q.wait() else 0)
 if mode == "kvm-broken" and "--disable-kvm" not in args:
     print("qemu-system-x86_64: error: failed to set MSR 0x10a")
     sys.exit(1)
@@ -600,6 +606,16 @@ class Boot(Sandbox):
         self.assertEqual([b.split()[0] for b in self.boots()], ["kvm", "tcg"], out)
         with open(os.path.join(self.cache, "accel")) as f:
             self.assertEqual(f.read().strip(), "tcg")
+
+    def test_kvm_guest_that_never_begins_stopped(self):
+        write(os.path.join(self.cache, "accel"), "kvm\n")
+        t0 = time.monotonic()
+        rc, out = self.run_script("boot.sh", "patched", "test", self.results,
+                                  env={"FAKE_VNG": "kvm-no-guest", "KVM_BOOT_LIMIT": "3"})
+        self.assertLess(time.monotonic() - t0, 60, out)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("no sign of the guest under KVM after 3 s: stopping its QEMU", out)
+        self.assertEqual([b.split()[0] for b in self.boots()], ["kvm", "tcg"], out)
 
     def test_accelerator_always_said(self):
         rc, out = self.run_script("boot.sh", "patched", "test", self.results, env={"FAKE_VNG": "ok"})
